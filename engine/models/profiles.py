@@ -1,0 +1,87 @@
+"""Speed/quality profiles: which DINOv2 and SAM to run and how many rendered views each sees.
+
+Cost figures (2-core x86-64 VM, fp32, quiet machine; research memo cpu_render_models.md and bench/models.py):
+DINOv2 -S/-B/-L 60 ms / 0.2-0.3 s / 0.8-1 s per 224^2 view; SAM ViT-B image encoder ~8.3 s per view
+(SAM always runs at its native 1024 px, whatever the render size); one SAM click ~60 ms on a cached
+embedding. Choices:
+- `cpu`: a mesh preparation must stay under ~3 min on a 2-core laptop, and part of that belongs to the
+  iSeg decoder (SAM clicks on the cached view embeddings) and distillation. SAM ViT-B on 8 views is
+  ~65 s; DINOv2-B/14 with registers on 100 views at 224 is ~25 s: ~90 s of model time, leaving the rest
+  for training. We keep SAM at its native input size (real weights are only trustworthy there; a
+  resized position embedding is unvalidated) and spend the budget on fewer SAM views instead. ViT-B is
+  the lightest published SAM; MobileSAM-style encoders are not on PyPI with loadable weights, so not used.
+  A click is one SAM encode of the reference image (cached per image) plus ~60 ms per prompt.
+- `gpu`: the paper's models (DINOv2-L/14 with registers, SAM ViT-H) with many views; SAM views are
+  capped at 200 because each embedding is 4 MB (fp32) and ViT-H costs ~0.2-0.5 s/view on a laptop GPU.
+- `tiny`: random weights, tiny architectures; for tests and plumbing checks only, never a result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.errors import BsbError
+
+if TYPE_CHECKING:
+    import torch
+
+    from engine.models.dino import DinoFeatures
+    from engine.models.sam import SamSegmenter
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    dino_id: str  # Hugging Face hub id (tiny: a folder written by engine.models.tiny)
+    dino_input_size: int  # long side fed to DINOv2, multiple of 14
+    sam_type: str  # key of engine.models.sam.SAM_SPECS
+    sam_checkpoint: str  # file name inside the models folder
+    dino_views: int  # rendered views distilled into per-vertex DINO features
+    sam_views: int  # rendered views whose SAM embeddings train iSeg
+    sam_input_size: int  # side of the renders SAM sees (SAM resizes them to its native input)
+    field_width: int  # feature-field MLP width
+    field_depth: int  # hidden blocks
+    distill_epochs: int
+    random_weights: bool = False
+
+
+PROFILES: dict[str, Profile] = {
+    "gpu": Profile(
+        name="gpu", description="paper setting: DINOv2-L/14 with registers, SAM ViT-H, many views (needs a GPU)",
+        dino_id="facebook/dinov2-with-registers-large", dino_input_size=224,
+        sam_type="vit_h", sam_checkpoint="sam_vit_h_4b8939.pth",
+        dino_views=1000, sam_views=200, sam_input_size=512,
+        field_width=1024, field_depth=4, distill_epochs=3),
+    "cpu": Profile(
+        name="cpu", description="laptop CPU: DINOv2-B/14 with registers, SAM ViT-B on few views (~3 min per mesh)",
+        dino_id="facebook/dinov2-with-registers-base", dino_input_size=224,
+        sam_type="vit_b", sam_checkpoint="sam_vit_b_01ec64.pth",
+        dino_views=100, sam_views=8, sam_input_size=256,
+        field_width=256, field_depth=3, distill_epochs=3),
+    "tiny": Profile(
+        name="tiny", description="RANDOM WEIGHTS, tiny models: tests and plumbing only, results are meaningless",
+        dino_id="dinov2-tiny-random", dino_input_size=56,
+        sam_type="tiny", sam_checkpoint="sam_tiny_random.pth",
+        dino_views=8, sam_views=4, sam_input_size=64,
+        field_width=32, field_depth=1, distill_epochs=1, random_weights=True),
+}
+
+
+def get_profile(name: str) -> Profile:
+    """The named profile; an unknown name is the user's error."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise BsbError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}", "bad_request") from None
+
+
+def load_profile_models(profile: Profile | str, models_dir: str | Path | None = None,
+                        device: "torch.device | None" = None, offline: bool | None = None
+                        ) -> "tuple[DinoFeatures, SamSegmenter]":
+    """The profile's (DinoFeatures, SamSegmenter); see engine.models.store.load_profile_models."""
+    from engine.models.store import load_profile_models as load
+
+    return load(get_profile(profile) if isinstance(profile, str) else profile, models_dir, device, offline)
