@@ -61,7 +61,7 @@ class DinoFeatures:
         rows, cols = self.grid_size(*images.shape[1:3])
         out = []
         for start in range(0, len(images), self.batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[start:start + self.batch_size])).to(self.device)
+            x = torch.from_numpy(np.array(images[start:start + self.batch_size], copy=True)).to(self.device)
             x = x.permute(0, 3, 1, 2).float() / 255.0
             size = (rows * self.patch, cols * self.patch)
             if tuple(x.shape[-2:]) != size:

@@ -146,7 +146,7 @@ class SamSegmenter:
         images = _check_images(images)
         out = []
         for start in range(0, len(images), self.encode_batch):
-            x = torch.from_numpy(images[start:start + self.encode_batch]).to(self.device)
+            x = torch.from_numpy(np.array(images[start:start + self.encode_batch], copy=True)).to(self.device)
             x = x.permute(0, 3, 1, 2).float()
             h, w = self.resized_hw(*images.shape[1:3])
             if (h, w) != tuple(x.shape[-2:]):

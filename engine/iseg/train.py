@@ -1,0 +1,253 @@
+"""Training the click decoder of one mesh from its rendered views: `train_iseg`.
+
+1. Click vertices: farthest-point samples (`click_fraction` of the vertices, capped).
+2. Click sites: the views where each is visible (see clicks.py), at most `views_per_click` per vertex.
+3. Targets: the view segmenter's mask for each single click, then second clicks (a positive outside
+   the first mask, a negative inside it) kept through the reference's filters.
+4. Decoder: Adam on the BCE between the rendered per-vertex probability (barycentric interpolation
+   through the raster's face_id/bary) and the mask, over covered pixels only (face_id >= 0). Each step
+   uses `pixels_per_sample` random covered pixels of each sample's view: an unbiased estimate of the
+   full-image loss at a fraction of the cost, and the decoder only runs on those pixels' vertices.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.errors import BsbError, Cancelled
+from engine.iseg.clicks import (ClickSites, accept_second_clicks, cap_views_per_vertex, find_click_sites,
+                                second_click_partners)
+from engine.iseg.decoder import ClickDecoder, DecoderConfig
+from engine.iseg.fps import farthest_point_sampling
+from engine.iseg.model import ISegModel
+
+Progress = Callable[[float, str], None] | None
+Cancel = Callable[[], bool] | None
+
+
+@dataclass(frozen=True)
+class ISegConfig:
+    """Defaults are sized for ~1-2 min of decoder training on 2 CPU cores (bench/iseg.py).
+
+    click_fraction / min_clicks / max_clicks: FPS click vertices (reference: 3%, uncapped).
+    views_per_click: views kept per click vertex (reference: 100 fresh views; we reuse the distillation
+      views, so a handful is all there is).
+    second_positive / second_negative: partners per sign per single-click sample (reference: <= 5);
+      more negatives because many are rejected (same sub-part as the first click).
+    min_score / max_iou: second-click filters of the reference (first score, change of the mask).
+    attn_dim / width / encoder_depth / head_depth: decoder size (see decoder.py).
+    steps / batch_size / pixels_per_sample / lr: Adam schedule (cosine decay to 10% of lr).
+    segment_batch: prompts per view-segmenter call.
+    """
+
+    click_fraction: float = 0.03
+    min_clicks: int = 32
+    max_clicks: int = 400
+    views_per_click: int = 6
+    second_positive: int = 1
+    second_negative: int = 3
+    min_score: float = 0.4
+    max_iou: float = 0.9
+    attn_dim: int = 64
+    width: int = 128
+    encoder_depth: int = 3
+    head_depth: int = 2
+    steps: int = 800
+    batch_size: int = 8
+    pixels_per_sample: int = 512
+    lr: float = 3e-3
+    segment_batch: int = 64
+
+
+@dataclass
+class ClickSamples:
+    """Training samples: clicks (S, 2) with a validity flag, their view and the mask over covered pixels."""
+
+    view: np.ndarray      # (S,) int64
+    clicks: np.ndarray    # (S, 2) int64 vertex ids (second column repeats the first when unused)
+    positive: np.ndarray  # (S, 2) bool
+    valid: np.ndarray     # (S, 2) bool
+    bits: np.ndarray      # (S, nbytes) uint8: packed mask over the view's covered pixels (row-major)
+    n_single: int
+    n_second: int
+
+
+def _covered(face_id: np.ndarray) -> list[np.ndarray]:
+    """Flat indices of covered pixels, per view."""
+    return [np.flatnonzero(face_id[b] >= 0) for b in range(face_id.shape[0])]
+
+
+def _pack(masks: np.ndarray, views: np.ndarray, covered: list[np.ndarray], nbytes: int) -> np.ndarray:
+    out = np.zeros((len(masks), nbytes), dtype=np.uint8)
+    for i, (m, v) in enumerate(zip(masks, views)):
+        packed = np.packbits(m.reshape(-1)[covered[v]])
+        out[i, :len(packed)] = packed
+    return out
+
+
+def _step(progress: Progress, cancel: Cancel, fraction: float, message: str) -> None:
+    if cancel is not None and cancel():
+        raise Cancelled()
+    if progress is not None:
+        progress(fraction, message)
+
+
+def collect_samples(vertices: np.ndarray, faces: np.ndarray, raster, view_segmenter, config: ISegConfig,
+                    rng: np.random.Generator, progress: Progress = None, cancel: Cancel = None) -> ClickSamples:
+    """Steps 1-3: click vertices, their sites and the segmenter's masks for single and second clicks."""
+    n_vertices = len(vertices)
+    k = int(np.clip(round(config.click_fraction * n_vertices), min(config.min_clicks, n_vertices), config.max_clicks))
+    click_vertices = farthest_point_sampling(vertices, k)
+    sites = find_click_sites(vertices, faces, raster, click_vertices)
+    sites = cap_views_per_vertex(sites, config.views_per_click, rng)
+    if len(sites) == 0:
+        raise BsbError("no vertex is visible in the rendered views; check the mesh and the views", "bad_mesh")
+    face_id = np.asarray(raster.face_id)
+    covered = _covered(face_id)
+    nbytes = (max(len(c) for c in covered) + 7) // 8
+
+    masks, scores = _segment(view_segmenter, sites.view, sites.xy[:, None, :], np.ones((len(sites), 1), np.int64),
+                             config.segment_batch, progress, cancel, 0.0, 0.3, "single clicks")
+    keep = masks.reshape(len(masks), -1).any(1)
+    views = [sites.view[keep]]
+    clicks = [np.repeat(sites.vertex[keep, None], 2, axis=1)]
+    positive = [np.ones((int(keep.sum()), 2), bool)]
+    valid = [np.stack([np.ones(int(keep.sum()), bool), np.zeros(int(keep.sum()), bool)], 1)]
+    bits = [_pack(masks[keep], sites.view[keep], covered, nbytes)]
+    n_single = int(keep.sum())
+
+    first, partner, sign = _second_click_pairs(sites, masks, scores, vertices, config, rng)
+    n_second = 0
+    if len(first):
+        pts = np.stack([sites.xy[first], sites.xy[partner]], axis=1)
+        labels = np.stack([np.ones(len(first), np.int64), sign.astype(np.int64)], axis=1)
+        masks2, _ = _segment(view_segmenter, sites.view[first], pts, labels, config.segment_batch,
+                             progress, cancel, 0.3, 0.4, "second clicks")
+        ok = accept_second_clicks(masks[first], scores[first], masks2, sign, sites.xy[first], config.min_score,
+                                  config.max_iou)
+        first, partner, sign, masks2 = first[ok], partner[ok], sign[ok], masks2[ok]
+        n_second = int(ok.sum())
+        views.append(sites.view[first])
+        clicks.append(np.stack([sites.vertex[first], sites.vertex[partner]], axis=1))
+        positive.append(np.stack([np.ones(n_second, bool), sign], axis=1))
+        valid.append(np.ones((n_second, 2), bool))
+        bits.append(_pack(masks2, sites.view[first], covered, nbytes))
+    if n_single + n_second == 0:
+        raise BsbError("the view segmenter returned no mask for any training click; check the renders", "bad_mesh")
+    return ClickSamples(np.concatenate(views), np.concatenate(clicks), np.concatenate(positive),
+                        np.concatenate(valid), np.concatenate(bits), n_single, n_second)
+
+
+def _segment(view_segmenter, view_ids, points, labels, batch, progress, cancel, f0, f1, what):
+    """Run the segmenter in view-sorted batches (a SAM segmenter then switches embeddings rarely)."""
+    order = np.argsort(view_ids, kind="stable")
+    masks, scores = None, np.zeros(len(view_ids), np.float32)
+    for s in range(0, len(order), batch):
+        _step(progress, cancel, f0 + (f1 - f0) * s / len(order), f"iSeg: segmenting {what} ({s}/{len(order)})")
+        idx = order[s:s + batch]
+        m, sc = view_segmenter.segment_views(view_ids[idx], points[idx], labels[idx])
+        if masks is None:
+            masks = np.zeros((len(view_ids),) + m.shape[1:], dtype=bool)
+        masks[idx], scores[idx] = m, sc
+    return masks, scores
+
+
+def _second_click_pairs(sites: ClickSites, masks, scores, vertices, config: ISegConfig, rng):
+    """(first site, partner site, positive?) for every second-click prompt worth asking."""
+    first, partner, sign = [], [], []
+    for i in np.nonzero(scores >= config.min_score)[0]:
+        for positive, count in ((True, config.second_positive), (False, config.second_negative)):
+            if count <= 0:
+                continue
+            for j in second_click_partners(sites, i, masks[i], positive, vertices, count, rng):
+                first.append(i), partner.append(j), sign.append(positive)
+    return np.asarray(first, np.int64), np.asarray(partner, np.int64), np.asarray(sign, bool)
+
+
+def train_decoder(faces: np.ndarray, raster, features: torch.Tensor, samples: ClickSamples, config: ISegConfig,
+                  device: torch.device, generator: torch.Generator, progress: Progress = None,
+                  cancel: Cancel = None) -> ClickDecoder:
+    """Step 4: fit a fresh decoder to the samples (features stay fixed)."""
+    decoder = ClickDecoder(DecoderConfig(features.shape[1], config.attn_dim, config.width, config.encoder_depth, config.head_depth)).to(device)
+    decoder.set_normalisation(features)
+    face_id = np.asarray(raster.face_id)
+    covered = _covered(face_id)
+    counts = torch.tensor([len(c) for c in covered], device=device)
+    offsets = torch.tensor(np.concatenate([[0], np.cumsum([len(c) for c in covered])[:-1]]), device=device)
+    flat_fid = np.concatenate([face_id[b].reshape(-1)[c] for b, c in enumerate(covered)])
+    flat_bary = np.concatenate([np.asarray(raster.bary[b]).reshape(-1, 3)[c] for b, c in enumerate(covered)])
+    corner_ids = torch.from_numpy(np.asarray(faces, np.int64)[flat_fid]).to(device)   # (T, 3)
+    corner_w = torch.from_numpy(flat_bary.astype(np.float32)).to(device)               # (T, 3)
+    bits = torch.from_numpy(samples.bits).to(device)
+    views = torch.from_numpy(samples.view).to(device)
+    clicks = torch.from_numpy(samples.clicks).to(device)
+    positive = torch.from_numpy(samples.positive).to(device)
+    valid = torch.from_numpy(samples.valid).to(device)
+    n, b, m = len(samples.view), min(config.batch_size, len(samples.view)), config.pixels_per_sample
+    opt = torch.optim.Adam(decoder.parameters(), lr=config.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.1 + 0.45 * (1 + math.cos(math.pi * min(s / max(config.steps, 1), 1.0))))
+    order = torch.randperm(n, generator=generator).to(device)
+    cursor = 0
+    last = time.monotonic()
+    for step in range(config.steps):
+        if cancel is not None and time.monotonic() - last > 0.5:
+            _step(None, cancel, 0, "")
+            last = time.monotonic()
+        if cursor + b > n:
+            order, cursor = torch.randperm(n, generator=generator).to(device), 0
+        batch = order[cursor:cursor + b]
+        cursor += b
+        v = views[batch]
+        j = (torch.rand((b, m), generator=generator).to(device) * counts[v, None]).long()   # (b, m)
+        t = offsets[v, None] + j
+        target = ((bits[batch[:, None], j >> 3] >> (7 - (j & 7)).to(torch.uint8)) & 1).float()
+        # the encoder runs once per distinct vertex of the batch (pixels share vertices)
+        needed, inverse = torch.unique(torch.cat([corner_ids[t].reshape(-1), clicks[batch].reshape(-1)]),
+                                       return_inverse=True)
+        cache = decoder.precompute(features[needed])
+        rows, click_rows = inverse[:b * 3 * m].reshape(b, 3 * m), inverse[b * 3 * m:].reshape(b, -1)
+        keys, values = decoder.click_terms(cache.embed[click_rows], positive[batch])
+        logits = decoder.decode(cache.query[rows], cache.first[rows], keys, values, valid[batch])
+        prob = (torch.sigmoid(logits).reshape(b, m, 3) * corner_w[t]).sum(-1)
+        loss = F.binary_cross_entropy(prob.clamp(1e-6, 1 - 1e-6), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress is not None and (step % 25 == 0 or step == config.steps - 1):
+            progress(0.4 + 0.6 * (step + 1) / config.steps, f"iSeg: training decoder, step {step + 1}/{config.steps}, "
+                                                             f"loss {loss.item():.3f}")
+    return decoder.eval()
+
+
+def train_iseg(vertices, faces, raster, vertex_features: torch.Tensor, view_segmenter,
+               config: ISegConfig | None = None, device: torch.device | str = "cpu", progress: Progress = None,
+               cancel: Cancel = None, seed: int = 0) -> ISegModel:
+    """The one call the pipeline uses: click data from `raster`'s views, then a trained `ISegModel`.
+
+    `vertices (V,3)`/`faces (F,3)` are the mesh the raster was rendered from, `vertex_features (V,C)` its
+    distilled features, `view_segmenter` answers prompts on those same views (see view_segmenters.py).
+    """
+    config = config or ISegConfig()
+    device = torch.device(device)
+    vertices = np.asarray(vertices, dtype=np.float32)
+    faces = np.asarray(faces, dtype=np.int64)
+    if vertex_features.ndim != 2 or vertex_features.shape[0] != len(vertices):
+        raise BsbError(f"vertex features of shape {tuple(vertex_features.shape)} do not match {len(vertices)} "
+                       "vertices; distill the features of this mesh first", "bad_array")
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    samples = collect_samples(vertices, faces, raster, view_segmenter, config, rng, progress, cancel)
+    features = vertex_features.detach().to(device, torch.float32)
+    decoder = train_decoder(faces, raster, features, samples, config, device, generator, progress, cancel)
+    _step(progress, cancel, 1.0, f"iSeg: trained on {samples.n_single} single and {samples.n_second} second clicks")
+    return ISegModel(decoder, features)

@@ -1,0 +1,413 @@
+"""The glue: a mesh and an image in, BSB / iSeg answers out, calling the other modules in order.
+
+`prepare_mesh` is the expensive per-mesh step (render views, run the teachers, distil DINO and SAM fields,
+train the iSeg decoder) and is cached on disk; `prepare_image` runs the 2D models once per image (cached
+too). After that every click is cheap: `match_image`, `refine`, `match_all`, `shape_to_image`.
+`Session` binds a profile, device, models and cache so the CLI and the protocol server share one path.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from engine import __version__
+from engine.bsb.result import MatchResult
+from engine.cache import Cache
+from engine.errors import BsbError, Cancelled
+from engine.images import ReferenceImage
+from engine.mesh import Mesh
+
+Progress = Callable[[float, str], None]
+CancelCheck = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """How much work preparation does. Part of every cache key: change one, recompute."""
+
+    dino_views: int = 100  # renders for the DINO field (uniform on the sphere)
+    dino_size: int = 224
+    sam_views: int = 24  # renders whose SAM embeddings teach the SAM field and train iSeg (front-biased)
+    sam_size: int = 512
+    field_width: int = 256
+    field_depth: int = 4
+    field_encoding: int = 256  # Fourier features of xyz
+    points_per_view: int = 2048  # surface points per view and distillation step
+    distill_epochs: float = 3.0
+    dino_steps: int | None = None  # None: `distill_epochs` passes over the views
+    sam_steps: int | None = None
+    iseg: dict[str, Any] = field(default_factory=dict)  # passed to the iSeg trainer's config
+    k: int = 100  # BSB candidates
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# What the model profiles (engine.models.profiles) leave to the pipeline; view counts and sizes come from there.
+_EXTRA: dict[str, dict[str, Any]] = {
+    "gpu": {},
+    "cpu": {},
+    # Random weights, for tests and the plumbing check: small enough to prepare in seconds.
+    "tiny": {"dino_views": 6, "dino_steps": 20, "sam_steps": 20, "field_encoding": 32, "points_per_view": 256,
+             "k": 20, "iseg": {"min_clicks": 8, "max_clicks": 12, "views_per_click": 2, "steps": 6,
+                               "attn_dim": 16, "width": 32, "encoder_depth": 1, "head_depth": 1,
+                               "pixels_per_sample": 256, "batch_size": 4}},
+}
+
+
+def settings_for(profile: str, **overrides: Any) -> PrepareSettings:
+    """The profile's view counts, sizes and field shape, plus the pipeline's own knobs; `overrides` win."""
+    from engine.models.profiles import get_profile
+
+    p = get_profile(profile)
+    base = dict(dino_views=p.dino_views, dino_size=p.dino_input_size, sam_views=p.sam_views,
+                sam_size=p.sam_input_size, field_width=p.field_width, field_depth=p.field_depth,
+                distill_epochs=float(p.distill_epochs))
+    base.update(_EXTRA.get(profile, {}))
+    base.update(overrides)
+    return PrepareSettings(**base)
+
+
+@dataclass
+class Models:
+    """The two 2D models of a profile, loaded once per process."""
+
+    dino: Any  # engine.models.dino.DinoFeatures
+    sam: Any  # engine.models.sam.SamSegmenter
+    profile: str
+
+    @property
+    def random_weights(self) -> bool:
+        return bool(self.dino.random_weights or self.sam.random_weights)
+
+    @property
+    def ids(self) -> dict[str, str]:
+        return {"dino": self.dino.model_id, "sam": self.sam.model_id}
+
+
+@dataclass
+class PreparedMesh:
+    mesh: Mesh
+    dino: torch.Tensor  # (V, D) distilled DINOv2 features
+    sam: torch.Tensor  # (V, 256) distilled SAM features
+    iseg: Any  # engine.iseg.model.ISegModel
+    settings: PrepareSettings
+    key: str
+    cached: bool
+    seconds: float
+
+
+@dataclass
+class PreparedImage:
+    image: ReferenceImage
+    dino: torch.Tensor  # (D, h, w) features of the working image
+    sam: torch.Tensor  # (256, g, g) SAM embedding of the working image
+    key: str
+    cached: bool
+
+
+@dataclass(frozen=True)
+class ImageRegion:
+    """shape_to_image's answer, in the original image's pixels."""
+
+    found: bool
+    pixel: tuple[float, float] | None
+    mask: np.ndarray | None  # (H, W) bool, original resolution
+    confidence: float
+    match: MatchResult
+
+
+def _stage(progress: Progress | None, start: float, end: float) -> Progress | None:
+    """A progress callback for one stage, mapped into [start, end] of the whole job."""
+    if progress is None:
+        return None
+    return lambda f, msg: progress(start + (end - start) * min(1.0, max(0.0, f)), msg)
+
+
+def _check(cancel: CancelCheck | None) -> None:
+    if cancel is not None and cancel():
+        raise Cancelled()
+
+
+def mesh_cache_key(mesh: Mesh, models: Models, settings: PrepareSettings) -> str:
+    from engine.cache import make_key
+
+    return make_key("mesh", mesh.content_hash(), models.ids, settings.to_dict())
+
+
+def prepare_mesh(mesh: Mesh, models: Models, settings: PrepareSettings, device: torch.device | str = "cpu",
+                 cache: Cache | None = None, progress: Progress | None = None,
+                 cancel: CancelCheck | None = None) -> PreparedMesh:
+    """Distilled DINO/SAM vertex features and a trained iSeg decoder for `mesh`, from the cache when possible."""
+    from engine.iseg.model import ISegModel
+
+    start = time.monotonic()
+    device = torch.device(device)
+    key = mesh_cache_key(mesh, models, settings)
+    if cache is not None and (hit := cache.get("mesh", key)) is not None:
+        folder, _ = hit
+        dino = torch.from_numpy(np.load(folder / "dino.npy").astype(np.float32))
+        iseg = ISegModel.load(folder / "iseg.pt", device)
+        sam = iseg.features.float().cpu()  # the iSeg file carries the SAM field's vertex features
+        if progress:
+            progress(1.0, "loaded from the cache")
+        return PreparedMesh(mesh, dino, sam, iseg, settings, key, True, time.monotonic() - start)
+
+    dino, sam, iseg = _compute_mesh(mesh, models, settings, device, progress, cancel)
+    if cache is not None:
+        def write(folder: Path) -> None:
+            np.save(folder / "dino.npy", dino.numpy().astype(np.float16))
+            iseg.save(folder / "iseg.pt")
+        cache.put("mesh", key, write, meta={"vertices": mesh.num_vertices, "faces": mesh.num_faces,
+                                            "profile": models.profile, "models": models.ids})
+    return PreparedMesh(mesh, dino, sam, iseg, settings, key, False, time.monotonic() - start)
+
+
+def render_views(mesh: Mesh, n: int, size: int, mode: str):
+    """Cameras, raster and shaded renders of `mesh`: what the teachers see."""
+    from engine.cameras import sphere_views
+    from engine.raster import rasterize
+    from engine.shading import shade
+
+    cameras = sphere_views(n, mode=mode, seed=0)
+    raster = rasterize(mesh.vertices, mesh.faces, cameras, size)
+    return cameras, raster, shade(raster)
+
+
+def _compute_mesh(mesh: Mesh, models: Models, settings: PrepareSettings, device: torch.device,
+                  progress: Progress | None, cancel: CancelCheck | None):
+    from engine.distill import distill, teacher_targets
+    from engine.iseg import ISegConfig, train_iseg
+    from engine.iseg.view_segmenters import SamViewSegmenter
+
+    v, f = mesh.vertices, mesh.faces
+    if progress:
+        progress(0.0, f"rendering {settings.dino_views} views")
+    _, raster, images = render_views(mesh, settings.dino_views, settings.dino_size, "uniform")
+    _check(cancel)
+    targets = teacher_targets(models.dino, images, progress=_stage(progress, 0.02, 0.15), cancel=cancel)
+    config = _field_config(settings, targets.shape[1])
+    _, dino = distill(v, f, raster, targets, config, _distill_config(settings, settings.dino_steps), device,
+                      _stage(progress, 0.15, 0.4), cancel)
+    del targets, raster, images
+
+    if progress:
+        progress(0.4, f"rendering {settings.sam_views} views for SAM")
+    _, sam_raster, sam_images = render_views(mesh, settings.sam_views, settings.sam_size, "gaussian")
+    embeddings = teacher_targets(models.sam.encode, sam_images, batch=2, progress=_stage(progress, 0.4, 0.6),
+                                 cancel=cancel)
+    config = _field_config(settings, embeddings.shape[1])
+    _, sam = distill(v, f, sam_raster, _crop_sam(models.sam, embeddings, settings.sam_size), config,
+                     _distill_config(settings, settings.sam_steps), device, _stage(progress, 0.6, 0.75), cancel)
+
+    # Rounded to float16 now, as stored in the cache, so a cached and a fresh preparation answer alike.
+    dino, sam = _half(dino), _half(sam)
+    segmenter = SamViewSegmenter(models.sam, embeddings, (settings.sam_size, settings.sam_size))
+    iseg = train_iseg(v, f, sam_raster, sam, segmenter, ISegConfig(**settings.iseg), device=device,
+                      progress=_stage(progress, 0.75, 1.0), cancel=cancel)
+    return dino, sam, iseg
+
+
+def _half(features: torch.Tensor) -> torch.Tensor:
+    return features.detach().cpu().half().float()
+
+
+def _field_config(settings: PrepareSettings, out_dim: int):
+    from engine.field import FieldConfig
+
+    return FieldConfig(width=settings.field_width, depth=settings.field_depth, out_dim=out_dim,
+                       encoding_dim=settings.field_encoding)
+
+
+def _distill_config(settings: PrepareSettings, steps: int | None):
+    from engine.distill import DistillConfig
+
+    return DistillConfig(steps=steps, epochs=settings.distill_epochs, points_per_view=settings.points_per_view)
+
+
+def _crop_sam(sam: Any, embeddings: torch.Tensor, size: int) -> torch.Tensor:
+    """The embedding cells that cover the (square) render; SAM pads non-square inputs bottom/right."""
+    rows, cols = sam.valid_grid(size, size)
+    return embeddings[..., : int(np.ceil(rows)), : int(np.ceil(cols))]
+
+
+def prepare_image(image: ReferenceImage, models: Models, cache: Cache | None = None,
+                  progress: Progress | None = None, cancel: CancelCheck | None = None) -> PreparedImage:
+    """DINO features and the SAM embedding of the working image, from the cache when possible."""
+    from engine.cache import make_key
+
+    key = make_key("image", image.content_hash, image.rgb.shape, models.ids)
+    if cache is not None and (hit := cache.get_arrays("image", key)) is not None:
+        arrays, _ = hit
+        return PreparedImage(image, torch.from_numpy(arrays["dino"]), torch.from_numpy(arrays["sam"]), key, True)
+    if progress:
+        progress(0.0, "DINOv2 features of the image")
+    dino = models.dino(image.rgb[None])[0]
+    _check(cancel)
+    if progress:
+        progress(0.3, "SAM embedding of the image")
+    sam = models.sam.encode(image.rgb[None])[0]
+    if cache is not None:
+        cache.put_arrays("image", key, {"dino": dino.numpy(), "sam": sam.numpy()},
+                         meta={"size": list(image.original_size)})
+    if progress:
+        progress(1.0, "image ready")
+    return PreparedImage(image, dino, sam, key, False)
+
+
+class _Segmenter:
+    """SAM with one image's embedding set, exposing `image_size` (W, H) as BSB's PromptSegmenter needs."""
+
+    def __init__(self, sam: Any, prepared: PreparedImage) -> None:
+        rgb = prepared.image.rgb
+        sam.set_embedding(prepared.sam, rgb.shape[:2])
+        self._sam = sam
+        self.image_size = (rgb.shape[1], rgb.shape[0])
+
+    def predict(self, points=None, labels=None, boxes=None, mask_input=None):
+        return self._sam.predict(points, labels, boxes, mask_input)
+
+
+def _bsb_inputs(prepared: PreparedMesh, image: PreparedImage, models: Models):
+    from engine.bsb.features import feature_grid
+
+    segmenter = _Segmenter(models.sam, image)
+    grid = feature_grid(image.dino, segmenter.image_size, device=prepared.dino.device)
+    return segmenter, grid
+
+
+def _seed(prepared: PreparedMesh) -> Callable[[int], np.ndarray]:
+    return lambda vertex: prepared.iseg.predict([(int(vertex), True)])
+
+
+def match_image(prepared: PreparedMesh, image: PreparedImage, models: Models, points, labels, box=None,
+                min_confidence: float | None = None, progress: Progress | None = None,
+                cancel: CancelCheck | None = None) -> MatchResult:
+    """BSB for one query (original-image pixels), then iSeg seeded at the winning vertex."""
+    from engine.bsb.matching import match
+
+    segmenter, grid = _bsb_inputs(prepared, image, models)
+    return match(segmenter, grid, prepared.dino, np.asarray(points, np.float32).reshape(-1, 2),
+                 np.asarray(labels, np.int64).reshape(-1), None if box is None else np.asarray(box, np.float32),
+                 seed=_seed(prepared), k=prepared.settings.k, min_confidence=min_confidence,
+                 scale=image.image.scale, progress=progress, cancel=cancel)
+
+
+def refine(prepared: PreparedMesh, clicks: list[tuple[int, bool]]) -> tuple[np.ndarray, np.ndarray]:
+    """iSeg from vertex clicks: (V,) probability and the selected region holding the positive clicks."""
+    from engine.iseg.postprocess import select_vertices
+
+    n = prepared.mesh.num_vertices
+    bad = [v for v, _ in clicks if not 0 <= v < n]
+    if bad:
+        raise BsbError(f"vertex {bad[0]} is out of range: this mesh has {n} vertices", "bad_request")
+    weights = np.asarray(prepared.iseg.predict(list(clicks)), np.float32)
+    mask = select_vertices(weights, prepared.mesh.faces, list(clicks))
+    return weights, np.asarray(mask, bool)
+
+
+def match_all(prepared: PreparedMesh, image: PreparedImage, models: Models, max_regions: int | None = None,
+              progress: Progress | None = None, cancel: CancelCheck | None = None) -> list[MatchResult]:
+    from engine.bsb.match_all import match_all as bsb_match_all
+
+    segmenter, grid = _bsb_inputs(prepared, image, models)
+    return bsb_match_all(segmenter, grid, prepared.dino, seed=_seed(prepared), k=prepared.settings.k,
+                         scale=image.image.scale, max_regions=max_regions, progress=progress, cancel=cancel)
+
+
+def shape_to_image(prepared: PreparedMesh, image: PreparedImage, models: Models, vertices: list[int],
+                   progress: Progress | None = None, cancel: CancelCheck | None = None) -> ImageRegion:
+    """The image region corresponding to a set of mesh vertices (their iSeg part)."""
+    from engine.bsb.shape_to_image import shape_to_image as bsb_shape_to_image
+    from engine.results import resize_mask
+
+    n = prepared.mesh.num_vertices
+    bad = [v for v in vertices if not 0 <= v < n]
+    if bad:
+        raise BsbError(f"vertex {bad[0]} is out of range: this mesh has {n} vertices", "bad_request")
+    part = np.zeros(n, bool)
+    part[list(vertices)] = True
+    part |= np.asarray(prepared.iseg.predict([(int(v), True) for v in vertices])) >= 0.5
+    segmenter, grid = _bsb_inputs(prepared, image, models)
+    result = bsb_shape_to_image(segmenter, grid, prepared.dino, list(vertices), part, k=prepared.settings.k,
+                                scale=image.image.scale, progress=progress, cancel=cancel)
+    mask = None if result.part_mask is None else resize_mask(result.part_mask, image.image.original_size)
+    return ImageRegion(result.found, result.winner_pixel, mask, float(result.confidence), result)
+
+
+# ----------------------------------------------------------------------------------------------------
+
+def load_models(profile: str, models_dir: Path | None, device: torch.device, offline: bool | None = None) -> Models:
+    """The profile's DINOv2 and SAM (fetched on first use unless offline); missing weights raise
+    ModelMissingError with the command that fetches them."""
+    from engine.models.profiles import get_profile
+    from engine.models.store import load_profile_models
+
+    dino, sam = load_profile_models(get_profile(profile), models_dir, device, offline)
+    return Models(dino, sam, profile)
+
+
+def default_profile(device: torch.device) -> str:
+    return "gpu" if device.type in ("cuda", "mps") else "cpu"
+
+
+class Session:
+    """One profile on one device with its models (loaded on first use) and cache; the CLI and the server use it."""
+
+    def __init__(self, profile: str | None = None, device: str = "auto", models_dir: Path | None = None,
+                 cache_dir: Path | None = None, offline: bool | None = None, settings: PrepareSettings | None = None,
+                 use_cache: bool = True) -> None:
+        from engine.device import pick_device
+
+        self.device = pick_device(device)
+        self.profile = profile or default_profile(self.device)
+        self.settings = settings or settings_for(self.profile)
+        self.models_dir = models_dir
+        self.offline = offline
+        self.cache = Cache(cache_dir) if use_cache else None
+        self._models: Models | None = None
+
+    @property
+    def random_weights(self) -> bool:
+        return self.profile == "tiny" if self._models is None else self._models.random_weights
+
+    @property
+    def models(self) -> Models:
+        if self._models is None:
+            self._models = load_models(self.profile, self.models_dir, self.device, self.offline)
+        return self._models
+
+    def prepare(self, mesh: Mesh, progress: Progress | None = None, cancel: CancelCheck | None = None) -> PreparedMesh:
+        return prepare_mesh(mesh, self.models, self.settings, self.device, self.cache, progress, cancel)
+
+    def set_image(self, image: ReferenceImage, progress: Progress | None = None,
+                  cancel: CancelCheck | None = None) -> PreparedImage:
+        return prepare_image(image, self.models, self.cache, progress, cancel)
+
+    def match(self, prepared: PreparedMesh, image: PreparedImage, points, labels, box=None,
+              min_confidence: float | None = None, progress: Progress | None = None,
+              cancel: CancelCheck | None = None) -> MatchResult:
+        return match_image(prepared, image, self.models, points, labels, box, min_confidence, progress, cancel)
+
+    def refine(self, prepared: PreparedMesh, clicks: list[tuple[int, bool]]) -> tuple[np.ndarray, np.ndarray]:
+        return refine(prepared, clicks)
+
+    def match_all(self, prepared: PreparedMesh, image: PreparedImage, max_regions: int | None = None,
+                  progress: Progress | None = None, cancel: CancelCheck | None = None) -> list[MatchResult]:
+        return match_all(prepared, image, self.models, max_regions, progress, cancel)
+
+    def shape_to_image(self, prepared: PreparedMesh, image: PreparedImage, vertices: list[int],
+                       progress: Progress | None = None, cancel: CancelCheck | None = None) -> ImageRegion:
+        return shape_to_image(prepared, image, self.models, vertices, progress, cancel)
+
+    def describe(self) -> dict[str, Any]:
+        from engine.device import describe_device
+
+        return {"engine": __version__, "device": str(self.device), "device_name": describe_device(self.device),
+                "torch": torch.__version__, "profile": self.profile, "random_weights": self.random_weights}

@@ -1,0 +1,181 @@
+"""Request handlers of the protocol: turn checked requests into pipeline calls and results into plain JSON
+plus .npy files in the client's job folder.
+
+Every problem a client can cause (a missing file, an unknown mesh id, an array of the wrong shape) becomes
+a BsbError with a code from docs/protocol.md, so the server answers with an `error` and keeps running.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from engine.errors import BsbError, NotFoundError
+from engine.pipeline import PreparedImage, PreparedMesh, Session
+from engine.service import protocol
+from engine.service.server import Handler
+
+
+@dataclass
+class EngineState:
+    """What a serve process remembers between requests: its session and the meshes/images it prepared."""
+
+    session: Session
+    meshes: dict[str, PreparedMesh] = field(default_factory=dict)
+    images: dict[str, PreparedImage] = field(default_factory=dict)
+
+
+def require_file(path: str | Path, what: str) -> Path:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise NotFoundError(f"{what} file {path} does not exist; check the path")
+    return path
+
+
+def hello(state: EngineState) -> dict[str, Any]:
+    d = state.session.describe()
+    return protocol.hello(d["engine"], d["device"], d["device_name"], d["torch"], d["profile"], d["random_weights"])
+
+
+def status(state: EngineState) -> dict[str, Any]:
+    return {"meshes": len(state.meshes), "images": len(state.images), "device": str(state.session.device),
+            "profile": state.session.profile, "random_weights": state.session.random_weights}
+
+
+def load_npy(path: str, what: str, ndim_cols: int, kinds: str) -> np.ndarray:
+    """A (N, ndim_cols) array of dtype kind in `kinds` ('f', 'iu') from a client's .npy file."""
+    file = require_file(path, what)
+    try:
+        array = np.load(file, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise BsbError(f"{what} {file} is not a readable .npy array ({exc}); save it with numpy.save",
+                       "bad_array") from None
+    if array.ndim != 2 or array.shape[1] != ndim_cols or array.dtype.kind not in kinds:
+        raise BsbError(f"{what} {file} must be an (N, {ndim_cols}) {'float' if kinds == 'f' else 'integer'} array; "
+                       f"got shape {array.shape} dtype {array.dtype}", "bad_array")
+    return array
+
+
+def job_folder(request: dict[str, Any]) -> Path:
+    folder = Path(request["job_dir"]).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BsbError(f"cannot create job folder {folder}: {exc.strerror}; pick a writable folder",
+                       "bad_request") from None
+    return folder
+
+
+def _save(folder: Path, name: str, array: np.ndarray | None) -> str | None:
+    if array is None:
+        return None
+    path = folder / f"{name}.npy"
+    np.save(path, np.ascontiguousarray(array), allow_pickle=False)
+    return str(path)
+
+
+def _mesh(state: EngineState, request: dict[str, Any]) -> PreparedMesh:
+    mesh_id = request["mesh_id"]
+    if mesh_id not in state.meshes:
+        raise NotFoundError(f"unknown mesh_id {mesh_id!r}; send a prepare request first")
+    return state.meshes[mesh_id]
+
+
+def _image(state: EngineState, request: dict[str, Any]) -> PreparedImage:
+    image_id = request["image_id"]
+    if image_id not in state.images:
+        raise NotFoundError(f"unknown image_id {image_id!r}; send a set_image request first")
+    return state.images[image_id]
+
+
+def _match_data(match, folder: Path, prefix: str, n_vertices: int, original_size: tuple[int, int]) -> dict[str, Any]:
+    from engine.results import match_arrays
+
+    arrays = match_arrays(match, n_vertices, original_size)
+    data = match.summary()
+    found = match.found and match.weights is not None
+    data.update({
+        "weights": _save(folder, f"{prefix}weights", arrays["weights"]) if found else None,
+        "mask": _save(folder, f"{prefix}vertex_mask", arrays["mask"]) if found else None,
+        "part_mask": _save(folder, f"{prefix}part_mask", arrays["part_mask"]) if match.part_mask is not None else None,
+        "object_mask": (_save(folder, f"{prefix}object_mask", arrays["object_mask"])
+                        if match.object_mask is not None else None),
+    })
+    return data
+
+
+def make_handlers(state: EngineState) -> dict[str, Handler]:
+    session = state.session
+
+    def prepare(request: dict[str, Any], progress: Callable, cancel: Callable) -> dict[str, Any]:
+        from engine.mesh import load_mesh, mesh_from_arrays
+
+        spec = request["mesh"]
+        if "path" in spec:
+            mesh = load_mesh(require_file(spec["path"], "mesh"), up=request.get("up", "y"))
+        else:
+            vertices = load_npy(spec["npy_vertices"], "npy_vertices", 3, "f")
+            faces = load_npy(spec["npy_faces"], "npy_faces", 3, "iu")
+            mesh = mesh_from_arrays(vertices, faces, up=request.get("up", "z"))
+        start = time.monotonic()
+        prepared = session.prepare(mesh, progress, cancel)
+        mesh_id = f"mesh-{prepared.key[:16]}"
+        state.meshes[mesh_id] = prepared
+        return {"mesh_id": mesh_id, "cached": prepared.cached, "n_vertices": mesh.num_vertices,
+                "n_faces": mesh.num_faces, "seconds": round(time.monotonic() - start, 3),
+                "name": request.get("name", "")}
+
+    def set_image(request: dict[str, Any], progress: Callable, cancel: Callable) -> dict[str, Any]:
+        from engine.images import load_image
+
+        image = load_image(require_file(request["path"], "image"))
+        prepared = session.set_image(image, progress, cancel)
+        image_id = f"image-{prepared.key[:16]}"
+        state.images[image_id] = prepared
+        W, H = image.original_size
+        return {"image_id": image_id, "width": W, "height": H, "cached": prepared.cached}
+
+    def match(request: dict[str, Any], progress: Callable, cancel: Callable) -> dict[str, Any]:
+        mesh, image = _mesh(state, request), _image(state, request)
+        W, H = image.image.original_size
+        for x, y in request["points"]:
+            if not (0 <= x <= W and 0 <= y <= H):
+                raise BsbError(f"point ({x}, {y}) lies outside the {W}x{H} image; send original-image pixels",
+                               "bad_request")
+        folder = job_folder(request)
+        result = session.match(mesh, image, request["points"], request["labels"], request.get("box"),
+                               request.get("min_confidence"), progress, cancel)
+        return _match_data(result, folder, "", mesh.mesh.num_vertices, image.image.original_size)
+
+    def refine(request: dict[str, Any], progress: Callable, cancel: Callable) -> dict[str, Any]:
+        mesh = _mesh(state, request)
+        folder = job_folder(request)
+        weights, mask = session.refine(mesh, [(int(v), bool(p)) for v, p in request["clicks"]])
+        return {"weights": _save(folder, "weights", weights), "mask": _save(folder, "vertex_mask", mask),
+                "n_selected": int(mask.sum())}
+
+    def match_all(request: dict[str, Any], progress: Callable, cancel: Callable) -> dict[str, Any]:
+        mesh, image = _mesh(state, request), _image(state, request)
+        folder = job_folder(request)
+        results = session.match_all(mesh, image, request.get("max_regions"), progress, cancel)
+        regions = []
+        for i, result in enumerate(results):
+            data = _match_data(result, folder, f"region{i:03d}_", mesh.mesh.num_vertices, image.image.original_size)
+            data["name"] = result.name or f"region {i + 1}"
+            regions.append(data)
+        return {"regions": regions}
+
+    def shape_to_image(request: dict[str, Any], progress: Callable, cancel: Callable) -> dict[str, Any]:
+        mesh, image = _mesh(state, request), _image(state, request)
+        folder = job_folder(request)
+        region = session.shape_to_image(mesh, image, request["vertices"], progress, cancel)
+        return {"found": region.found, "pixel": None if region.pixel is None else [float(c) for c in region.pixel],
+                "mask": _save(folder, "image_mask", region.mask), "confidence": round(region.confidence, 6),
+                "reason": region.match.reason}
+
+    return {"prepare": prepare, "set_image": set_image, "match": match, "refine": refine,
+            "match_all": match_all, "shape_to_image": shape_to_image}
