@@ -44,6 +44,7 @@ class PrepareSettings:
     sam_steps: int | None = None
     iseg: dict[str, Any] = field(default_factory=dict)  # passed to the iSeg trainer's config
     k: int = 100  # BSB candidates
+    max_prompts: int | None = 16  # BSB candidate pixels re-segmented by SAM per click (None: all, as the paper)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,7 +53,10 @@ class PrepareSettings:
 # What the model profiles (engine.models.profiles) leave to the pipeline; view counts and sizes come from there.
 _EXTRA: dict[str, dict[str, Any]] = {
     "gpu": {},
-    "cpu": {},
+    # ~3 min per mesh on 2 cores (bench/prepare.py): fewer click vertices (each costs SAM decoder passes
+    # on every view it is visible in) and a shorter decoder schedule than ISegConfig's defaults.
+    # A click re-segments at most 8 candidate pixels: each SAM prompt costs ~0.15 s of CPU (bench/prepare.py).
+    "cpu": {"iseg": {"max_clicks": 200, "steps": 300}, "max_prompts": 8},
     # Random weights, for tests and the plumbing check: small enough to prepare in seconds.
     "tiny": {"dino_views": 6, "dino_steps": 20, "sam_steps": 20, "field_encoding": 32, "points_per_view": 256,
              "k": 20, "iseg": {"min_clicks": 8, "max_clicks": 12, "views_per_click": 2, "steps": 6,
@@ -296,6 +300,7 @@ def match_image(prepared: PreparedMesh, image: PreparedImage, models: Models, po
     return match(segmenter, grid, prepared.dino, np.asarray(points, np.float32).reshape(-1, 2),
                  np.asarray(labels, np.int64).reshape(-1), None if box is None else np.asarray(box, np.float32),
                  seed=_seed(prepared), k=prepared.settings.k, min_confidence=min_confidence,
+                 max_prompts=prepared.settings.max_prompts,
                  scale=image.image.scale, progress=progress, cancel=cancel)
 
 

@@ -44,6 +44,9 @@ class ISegConfig:
     min_score / max_iou: second-click filters of the reference (first score, change of the mask).
     attn_dim / width / encoder_depth / head_depth: decoder size (see decoder.py).
     steps / batch_size / pixels_per_sample / lr: Adam schedule (cosine decay to 10% of lr).
+    focus_fraction: share of each sample's pixels drawn inside its first mask | answer (see _draw_pixels).
+    negative_share: least share of negative second-click samples in the batches (they are the rarest
+      samples, most prompts are rejected, yet the only ones that teach a cut).
     segment_batch: prompts per view-segmenter call.
     """
 
@@ -63,6 +66,8 @@ class ISegConfig:
     batch_size: int = 8
     pixels_per_sample: int = 512
     lr: float = 3e-3
+    focus_fraction: float = 0.5
+    negative_share: float = 0.3
     segment_batch: int = 64
 
 
@@ -75,6 +80,7 @@ class ClickSamples:
     positive: np.ndarray  # (S, 2) bool
     valid: np.ndarray     # (S, 2) bool
     bits: np.ndarray      # (S, nbytes) uint8: packed mask over the view's covered pixels (row-major)
+    focus: np.ndarray     # (S, nbytes) uint8: packed first mask | mask, where the clicks' answer lives
     n_single: int
     n_second: int
 
@@ -121,6 +127,7 @@ def collect_samples(vertices: np.ndarray, faces: np.ndarray, raster, view_segmen
     positive = [np.ones((int(keep.sum()), 2), bool)]
     valid = [np.stack([np.ones(int(keep.sum()), bool), np.zeros(int(keep.sum()), bool)], 1)]
     bits = [_pack(masks[keep], sites.view[keep], covered, nbytes)]
+    focus = [bits[0]]
     n_single = int(keep.sum())
 
     first, partner, sign = _second_click_pairs(sites, masks, scores, vertices, config, rng)
@@ -139,10 +146,11 @@ def collect_samples(vertices: np.ndarray, faces: np.ndarray, raster, view_segmen
         positive.append(np.stack([np.ones(n_second, bool), sign], axis=1))
         valid.append(np.ones((n_second, 2), bool))
         bits.append(_pack(masks2, sites.view[first], covered, nbytes))
+        focus.append(_pack(masks2 | masks[first], sites.view[first], covered, nbytes))
     if n_single + n_second == 0:
         raise BsbError("the view segmenter returned no mask for any training click; check the renders", "bad_mesh")
     return ClickSamples(np.concatenate(views), np.concatenate(clicks), np.concatenate(positive),
-                        np.concatenate(valid), np.concatenate(bits), n_single, n_second)
+                        np.concatenate(valid), np.concatenate(bits), np.concatenate(focus), n_single, n_second)
 
 
 def _segment(view_segmenter, view_ids, points, labels, batch, progress, cancel, f0, f1, what):
@@ -171,6 +179,31 @@ def _second_click_pairs(sites: ClickSites, masks, scores, vertices, config: ISeg
     return np.asarray(first, np.int64), np.asarray(partner, np.int64), np.asarray(sign, bool)
 
 
+def _bit(packed: torch.Tensor, rows: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """Bits `j (b, k)` of the packed masks `packed[rows] (b, nbytes)`, as uint8 0/1."""
+    return (packed[rows[:, None], j >> 3] >> (7 - (j & 7)).to(torch.uint8)) & 1
+
+
+def _draw_pixels(batch: torch.Tensor, counts: torch.Tensor, focus: torch.Tensor, m: int, m_focus: int,
+                 generator: torch.Generator, device: torch.device, tries: int = 32) -> torch.Tensor:
+    """(b, m) covered-pixel indices: `m - m_focus` uniform, `m_focus` inside each sample's focus mask.
+
+    Why: the pixels a second click changes (the sub-part a negative cuts out) are a few percent of a
+    view, so uniform pixels carry almost no signal about them; drawing part of the batch inside the
+    first mask | the answer puts that signal in every step. Focus pixels come by rejection (first of
+    `tries` uniform draws that lands in the focus; a uniform draw if none does).
+    """
+    b = len(batch)
+    j = (torch.rand((b, m - m_focus), generator=generator).to(device) * counts[:, None]).long()
+    if m_focus == 0:
+        return j
+    cand = (torch.rand((b, m_focus * tries), generator=generator).to(device) * counts[:, None]).long()
+    hit = _bit(focus, batch, cand).reshape(b, m_focus, tries)
+    first = hit.argmax(-1, keepdim=True)                     # 0 (a uniform draw) when nothing hits
+    picked = torch.gather(cand.reshape(b, m_focus, tries), 2, first).squeeze(-1)
+    return torch.cat([j, picked], 1)
+
+
 def train_decoder(faces: np.ndarray, raster, features: torch.Tensor, samples: ClickSamples, config: ISegConfig,
                   device: torch.device, generator: torch.Generator, progress: Progress = None,
                   cancel: Cancel = None) -> ClickDecoder:
@@ -186,29 +219,30 @@ def train_decoder(faces: np.ndarray, raster, features: torch.Tensor, samples: Cl
     corner_ids = torch.from_numpy(np.asarray(faces, np.int64)[flat_fid]).to(device)   # (T, 3)
     corner_w = torch.from_numpy(flat_bary.astype(np.float32)).to(device)               # (T, 3)
     bits = torch.from_numpy(samples.bits).to(device)
+    focus = torch.from_numpy(samples.focus).to(device)
     views = torch.from_numpy(samples.view).to(device)
     clicks = torch.from_numpy(samples.clicks).to(device)
     positive = torch.from_numpy(samples.positive).to(device)
     valid = torch.from_numpy(samples.valid).to(device)
     n, b, m = len(samples.view), min(config.batch_size, len(samples.view)), config.pixels_per_sample
+    m_focus = int(round(config.focus_fraction * m))
     opt = torch.optim.Adam(decoder.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.1 + 0.45 * (1 + math.cos(math.pi * min(s / max(config.steps, 1), 1.0))))
-    order = torch.randperm(n, generator=generator).to(device)
-    cursor = 0
+    negative = samples.valid[:, 1] & ~samples.positive[:, 1]
+    neg_share = max(float(negative.mean()), config.negative_share) if negative.any() and not negative.all() else 0.5
+    weight = np.where(negative, neg_share / max(negative.sum(), 1), (1 - neg_share) / max((~negative).sum(), 1))
+    weight = torch.from_numpy(weight)   # batches are drawn with these probabilities (negatives: `neg_share` of all)
     last = time.monotonic()
     for step in range(config.steps):
         if cancel is not None and time.monotonic() - last > 0.5:
             _step(None, cancel, 0, "")
             last = time.monotonic()
-        if cursor + b > n:
-            order, cursor = torch.randperm(n, generator=generator).to(device), 0
-        batch = order[cursor:cursor + b]
-        cursor += b
+        batch = torch.multinomial(weight, b, replacement=True, generator=generator).to(device)
         v = views[batch]
-        j = (torch.rand((b, m), generator=generator).to(device) * counts[v, None]).long()   # (b, m)
+        j = _draw_pixels(batch, counts[v], focus, m, m_focus, generator, device)        # (b, m)
         t = offsets[v, None] + j
-        target = ((bits[batch[:, None], j >> 3] >> (7 - (j & 7)).to(torch.uint8)) & 1).float()
+        target = _bit(bits, batch, j).float()
         # the encoder runs once per distinct vertex of the batch (pixels share vertices)
         needed, inverse = torch.unique(torch.cat([corner_ids[t].reshape(-1), clicks[batch].reshape(-1)]),
                                        return_inverse=True)

@@ -5,12 +5,14 @@ DINOv2 -S/-B/-L 60 ms / 0.2-0.3 s / 0.8-1 s per 224^2 view; SAM ViT-B image enco
 (SAM always runs at its native 1024 px, whatever the render size); one SAM click ~60 ms on a cached
 embedding. Choices:
 - `cpu`: a mesh preparation must stay under ~3 min on a 2-core laptop, and part of that belongs to the
-  iSeg decoder (SAM clicks on the cached view embeddings) and distillation. SAM ViT-B on 8 views is
-  ~65 s; DINOv2-B/14 with registers on 100 views at 224 is ~25 s: ~90 s of model time, leaving the rest
-  for training. We keep SAM at its native input size (real weights are only trustworthy there; a
-  resized position embedding is unvalidated) and spend the budget on fewer SAM views instead. ViT-B is
-  the lightest published SAM; MobileSAM-style encoders are not on PyPI with loadable weights, so not used.
-  A click is one SAM encode of the reference image (cached per image) plus ~60 ms per prompt.
+  iSeg decoder (SAM clicks on the cached view embeddings) and distillation. bench/prepare.py measured
+  the whole preparation on this VM at ~400 s CPU (8 SAM views at ~20 s each, 100 DINO views, 800 iSeg
+  steps), so: 4 SAM views (~80 s), 60 DINO views (~30 s with distillation) and a shorter iSeg schedule
+  (engine.pipeline._EXTRA), ~3 min in all. We keep SAM at its native input size (real weights are only
+  trustworthy there; a resized position embedding is unvalidated) and spend the budget on fewer SAM
+  views instead. ViT-B is the lightest published SAM; MobileSAM-style encoders are not on PyPI with
+  loadable weights, so not used. A click is one SAM encode of the reference image (cached per image)
+  plus ~0.1 s per SAM prompt (BSB re-segments up to 16 candidates).
 - `gpu`: the paper's models (DINOv2-L/14 with registers, SAM ViT-H) with many views; SAM views are
   capped at 200 because each embedding is 4 MB (fp32) and ViT-H costs ~0.2-0.5 s/view on a laptop GPU.
 - `tiny`: random weights, tiny architectures; for tests and plumbing checks only, never a result.
@@ -59,7 +61,7 @@ PROFILES: dict[str, Profile] = {
         name="cpu", description="laptop CPU: DINOv2-B/14 with registers, SAM ViT-B on few views (~3 min per mesh)",
         dino_id="facebook/dinov2-with-registers-base", dino_input_size=224,
         sam_type="vit_b", sam_checkpoint="sam_vit_b_01ec64.pth",
-        dino_views=100, sam_views=8, sam_input_size=256,
+        dino_views=60, sam_views=4, sam_input_size=256,
         field_width=256, field_depth=3, distill_epochs=3),
     "tiny": Profile(
         name="tiny", description="RANDOM WEIGHTS, tiny models: tests and plumbing only, results are meaningless",
