@@ -3,7 +3,7 @@
 Per click: SAM ViT-B architecture with RANDOM weights (prompt encoder + mask decoder; the image embedding
 is cached, as after `set_image`), a random DINO grid of the CPU profile's size (1024 x 16 x 16), V vertices
 with random 1024-d features, k = 100 candidates. Worst case: the chooser is wrapped so that every candidate
-is valid, and random features spread them over distinct pixels, so the default cap of 16 SAM prompts is
+is valid, and random features spread them over distinct pixels, so the CPU profile's cap of SAM prompts is
 reached (the paper's uncapped 100 prompts are timed too without --quick). iSeg seeding is excluded.
 Memory: the planted 6000 x 4000 scene (fake segmenter returning full-resolution masks, D = 1024), peak of
 tracemalloc (numpy) and of the process RSS (numpy + torch) above the level before the match.
@@ -30,6 +30,7 @@ from engine.bsb import feature_grid, match  # noqa: E402
 from engine.bsb.synthetic import BODY, planted_scene  # noqa: E402
 from engine.models.masks import choose_object_part  # noqa: E402
 from engine.models.sam import SamSegmenter, build_sam  # noqa: E402
+from engine.pipeline import settings_for  # noqa: E402
 
 
 def all_valid_chooser(masks, scores):
@@ -96,7 +97,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     n_vertices = 20_000 if args.quick else 50_000
-    click = click_seconds(n_vertices, (1024, 768), repeats=1 if args.quick else 3, k=100, max_prompts=16)
+    cpu = settings_for("cpu")
+    click = click_seconds(n_vertices, (1024, 768), repeats=1 if args.quick else 3, k=cpu.k,
+                          max_prompts=cpu.max_prompts)
     paper = None if args.quick else click_seconds(n_vertices, (1024, 768), repeats=1, k=100, max_prompts=None)
     mem = large_image_memory(k=20 if args.quick else 100)
     rows = [

@@ -1,4 +1,5 @@
-"""Build the installable extension zip: bsb_addon/ at the zip's root plus the engine source in engine_src/.
+"""Build the installable extension zip: bsb_addon/ and blender_manifest.toml at the zip's root, plus the
+engine source in engine_src/.
 
 The engine source rides along so "Set up engine" can pip-install it into its own venv (torch cannot be
 bundled). The staged tree is checked and zipped by Blender's own extension tool (blender_ext.py, shipped
@@ -36,13 +37,14 @@ def blender_ext() -> Path:
 
 def stage(dest: Path, with_engine: bool) -> None:
     shutil.copytree(ROOT / "bsb_addon", dest, ignore=IGNORE)
+    shutil.copy2(ROOT / "blender_manifest.toml", dest / "blender_manifest.toml")
     if with_engine:
         shutil.copytree(ROOT / "engine", dest / "engine_src" / "engine", ignore=IGNORE)
         shutil.copy2(ROOT / "pyproject.toml", dest / "engine_src" / "pyproject.toml")
 
 
 def build(out_dir: Path, with_engine: bool = True) -> Path:
-    manifest = tomllib.loads((ROOT / "bsb_addon" / "blender_manifest.toml").read_text())
+    manifest = tomllib.loads((ROOT / "blender_manifest.toml").read_text())
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{manifest['id']}-{manifest['version']}.zip"
     tool = blender_ext()
