@@ -41,6 +41,11 @@ def _say(summary: dict) -> None:
         f"no corresponding part ({summary['reason']})" + (f" - {api.PLUMBING}" if summary["random_weights"] else ""))
 
 
+def _require_image(settings) -> None:
+    if settings.image is None:
+        raise InputError("No reference image: choose one in the BSB panel.")
+
+
 def _fail(op, exc: Exception) -> set[str]:
     feedback.show_error(exc)
     op.report({"ERROR"}, feedback.describe(exc))
@@ -113,8 +118,7 @@ class BSB_OT_match(MeshOperator, bpy.types.Operator):
     def execute(self, context):
         s = context.scene.bsb
         try:
-            if s.image is None:
-                raise InputError("No reference image: choose one in the BSB panel.")
+            _require_image(s)
             if len(s.clicks) == 0 and not s.use_box:
                 raise InputError("No clicks yet: use 'Pick Part' in the Image Editor to click the part.")
             req = api.begin(context.active_object, s.image)
@@ -189,8 +193,7 @@ class BSB_OT_shape_to_image(MeshOperator, bpy.types.Operator):
         s = context.scene.bsb
         obj = context.active_object
         try:
-            if s.image is None:
-                raise InputError("No reference image: choose one in the BSB panel.")
+            _require_image(s)
             selected = api.selected_vertices(obj).tolist()
             if not selected:
                 raise InputError("Select vertices of the part (Edit Mode) first.")
@@ -226,8 +229,7 @@ class BSB_OT_match_all(MeshOperator, bpy.types.Operator):
     def execute(self, context):
         s = context.scene.bsb
         try:
-            if s.image is None:
-                raise InputError("No reference image: choose one in the BSB panel.")
+            _require_image(s)
             req = api.begin(context.active_object, s.image)
         except EngineError as exc:
             return _fail(self, exc)

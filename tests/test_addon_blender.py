@@ -295,3 +295,13 @@ def test_real_engine_tiny_profile_end_to_end(scene):
     finally:
         session.release()
         prefs.engine_python, prefs.profile, prefs.device = "", "CPU", "AUTO"
+
+
+@pytest.mark.parametrize("operator", ["match", "match_all", "shape_to_image"])
+def test_operators_without_a_reference_image_say_so_and_write_nothing(scene, operator):
+    obj, _ = scene
+    bpy.context.scene.bsb.image = None
+    before = snapshot(obj)
+    with pytest.raises(RuntimeError, match="No reference image"):
+        getattr(bpy.ops.bsb, operator)()
+    assert snapshot(obj) == before
