@@ -104,7 +104,7 @@ def record(scene, object_name: str, group_name: str, result: jobs.PartResult) ->
         _part_masks[(object_name, group_name)] = result.part_mask
     from . import overlay
 
-    overlay.show_result(object_name, result.mask if result.found else None, result.part_mask, result.image_size)
+    overlay.show_result(object_name, result.mask if result.found else None, result.part_mask)
 
 
 def _client(client: EngineClient | None) -> EngineClient:

@@ -204,6 +204,7 @@ class EngineClient:
                 f"The engine did not say hello within {self.config.start_timeout:.0f} s; see the log {self.config.log_path}."
             ) from None
         if hello is _CRASH:
+            self.kill()  # reaps the process and closes the log file
             raise EngineMissing("The engine stopped before its handshake. " + self.crash_message())
         if hello.get("type") != "hello":
             self.kill()

@@ -26,8 +26,7 @@ def _overlay_rgba(mask: np.ndarray) -> np.ndarray:
     return pixels.mask_to_rgba(small, MASK_COLOR)
 
 
-def show_result(object_name: str, vertex_mask: np.ndarray | None, part_mask: np.ndarray | None,
-                image_size: tuple[int, int]) -> None:
+def show_result(object_name: str, vertex_mask: np.ndarray | None, part_mask: np.ndarray | None) -> None:
     """Remember what to draw for the latest result (main thread)."""
     if bpy.app.background:
         return
@@ -56,11 +55,6 @@ def show_image_mask(part_mask: np.ndarray | None) -> None:
     _state.pop("mask_rgba", None)
     if part_mask is not None:
         _state["mask_rgba"] = _overlay_rgba(part_mask)
-    _tag_redraw()
-
-
-def clear() -> None:
-    _state.clear()
     _tag_redraw()
 
 

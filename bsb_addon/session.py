@@ -39,7 +39,7 @@ def user_dir(sub: str) -> Path:
 
 
 def new_job_dir() -> Path:
-    """A fresh folder for one request's .npy files; old ones are pruned so the cache does not grow forever."""
+    """A fresh folder for one request's .npy files; all but the newest 20 are pruned so the folder does not grow forever."""
     root = user_dir("jobs")
     old = sorted(root.iterdir(), key=lambda p: p.stat().st_mtime)[:-20]
     for path in old:

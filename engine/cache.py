@@ -215,7 +215,7 @@ class Cache:
 
 
 def parse_size(text: str) -> int:
-    """'500M', '8G', '1024' -> bytes (for --cache-size)."""
+    """'500M', '8G', '1024' -> bytes."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     text = text.strip().upper().removesuffix("B")
     try:

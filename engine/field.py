@@ -60,11 +60,6 @@ class FieldConfig:
         return cls(width=256, depth=4, out_dim=256, encoding_dim=256, sigma=5.0, head="tanh")
 
     @classmethod
-    def cpu(cls, out_dim: int) -> "FieldConfig":
-        """A field that distils in about a minute on a laptop CPU."""
-        return cls(width=256, depth=3, out_dim=out_dim, encoding_dim=128, sigma=5.0, head="linear")
-
-    @classmethod
     def small(cls, out_dim: int) -> "FieldConfig":
         """A few-second field for tests and plumbing checks."""
         return cls(width=128, depth=2, out_dim=out_dim, encoding_dim=64, sigma=3.0, head="linear")
@@ -164,10 +159,12 @@ def evaluate_vertices(
     field.eval()
     field.to(device)
     out = torch.empty(vertices.shape[0], field.config.out_dim)
-    for start in range(0, vertices.shape[0], chunk):
-        if cancel is not None and cancel():
-            raise Cancelled()
-        part = vertices[start : start + chunk].to(device)
-        out[start : start + part.shape[0]] = field(part).float().cpu()
-    field.train(was_training)
+    try:
+        for start in range(0, vertices.shape[0], chunk):
+            if cancel is not None and cancel():
+                raise Cancelled()
+            part = vertices[start : start + chunk].to(device)
+            out[start : start + part.shape[0]] = field(part).float().cpu()
+    finally:
+        field.train(was_training)  # a cancel must not leave the caller's field in eval mode
     return out

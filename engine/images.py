@@ -80,7 +80,7 @@ def load_image(path: str | Path, max_side: int = DEFAULT_MAX_SIDE) -> ReferenceI
     """Read PNG/JPEG/TIFF/WebP/EXR (8/16-bit, float, grey, RGBA, palette), apply EXIF orientation."""
     path = Path(path)
     if not path.is_file():
-        raise ImageError(f"image file not found: {path}")
+        raise ImageError(f"image file not found: {path}", code="not_found")
     with open(path, "rb") as fh:
         head = fh.read(4)
     if head == EXR_MAGIC:

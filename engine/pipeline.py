@@ -18,7 +18,7 @@ import torch
 
 from engine import __version__
 from engine.bsb.result import MatchResult
-from engine.cache import Cache
+from engine.cache import Cache, make_key
 from engine.errors import BsbError, Cancelled
 from engine.images import ReferenceImage
 from engine.mesh import Mesh
@@ -140,8 +140,6 @@ def _check(cancel: CancelCheck | None) -> None:
 
 
 def mesh_cache_key(mesh: Mesh, models: Models, settings: PrepareSettings) -> str:
-    from engine.cache import make_key
-
     return make_key("mesh", mesh.content_hash(), models.ids, settings.to_dict())
 
 
@@ -244,8 +242,6 @@ def _crop_sam(sam: Any, embeddings: torch.Tensor, size: int) -> torch.Tensor:
 def prepare_image(image: ReferenceImage, models: Models, cache: Cache | None = None,
                   progress: Progress | None = None, cancel: CancelCheck | None = None) -> PreparedImage:
     """DINO features and the SAM embedding of the working image, from the cache when possible."""
-    from engine.cache import make_key
-
     key = make_key("image", image.content_hash, image.rgb.shape, models.ids)
     if cache is not None and (hit := cache.get_arrays("image", key)) is not None:
         arrays, _ = hit
@@ -286,6 +282,13 @@ def _bsb_inputs(prepared: PreparedMesh, image: PreparedImage, models: Models):
     return segmenter, grid
 
 
+def _check_vertices(prepared: PreparedMesh, vertices) -> None:
+    n = prepared.mesh.num_vertices
+    bad = [v for v in vertices if not 0 <= v < n]
+    if bad:
+        raise BsbError(f"vertex {bad[0]} is out of range: this mesh has {n} vertices", "bad_request")
+
+
 def _seed(prepared: PreparedMesh) -> Callable[[int], np.ndarray]:
     return lambda vertex: prepared.iseg.predict([(int(vertex), True)])
 
@@ -308,10 +311,7 @@ def refine(prepared: PreparedMesh, clicks: list[tuple[int, bool]]) -> tuple[np.n
     """iSeg from vertex clicks: (V,) probability and the selected region holding the positive clicks."""
     from engine.iseg.postprocess import select_vertices
 
-    n = prepared.mesh.num_vertices
-    bad = [v for v, _ in clicks if not 0 <= v < n]
-    if bad:
-        raise BsbError(f"vertex {bad[0]} is out of range: this mesh has {n} vertices", "bad_request")
+    _check_vertices(prepared, [v for v, _ in clicks])
     weights = np.asarray(prepared.iseg.predict(list(clicks)), np.float32)
     mask = select_vertices(weights, prepared.mesh.faces, list(clicks))
     return weights, np.asarray(mask, bool)
@@ -332,11 +332,8 @@ def shape_to_image(prepared: PreparedMesh, image: PreparedImage, models: Models,
     from engine.bsb.shape_to_image import shape_to_image as bsb_shape_to_image
     from engine.results import resize_mask
 
-    n = prepared.mesh.num_vertices
-    bad = [v for v in vertices if not 0 <= v < n]
-    if bad:
-        raise BsbError(f"vertex {bad[0]} is out of range: this mesh has {n} vertices", "bad_request")
-    part = np.zeros(n, bool)
+    _check_vertices(prepared, vertices)
+    part = np.zeros(prepared.mesh.num_vertices, bool)
     part[list(vertices)] = True
     part |= np.asarray(prepared.iseg.predict([(int(v), True) for v in vertices])) >= 0.5
     segmenter, grid = _bsb_inputs(prepared, image, models)

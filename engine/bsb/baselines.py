@@ -13,8 +13,8 @@ import numpy as np
 
 from engine.bsb import features as ft
 from engine.bsb.interfaces import MaskChooser, PromptSegmenter, Seeding
-from engine.bsb.matching import (Candidates, candidate_list, find_candidates, prepare_query, query_feature,
-                                 seed_result, vertex_bank)
+from engine.bsb.matching import (Candidates, candidate_list, find_candidates, original_pixel, prepare_query,
+                                 query_feature, seed_result, vertex_bank)
 from engine.bsb.prompting import default_chooser
 from engine.bsb.result import MatchResult
 
@@ -23,12 +23,15 @@ def _setup(segmenter, grid, vertex_features, points, labels, box, scale, choose,
     t = time.perf_counter()
     bank = vertex_bank(vertex_features, grid)
     query = prepare_query(segmenter, grid.image_size, points, labels, box, scale, choose or default_chooser())
+    timings = {"sam_s": time.perf_counter() - t}
+    t = time.perf_counter()
     cands = find_candidates(grid, bank, query_feature(grid, query), query.object_mask, query.part_mask, k)
-    return bank, query, cands, {"match_s": time.perf_counter() - t}
+    timings["match_s"] = time.perf_counter() - t
+    return bank, query, cands, timings
 
 
 def _result(query, cands: Candidates, win: int | None, scale: float, timings: dict, reason: str | None) -> MatchResult:
-    pixel = None if win is None else ((cands.pixels[win, 0] + 0.5) / scale, (cands.pixels[win, 1] + 0.5) / scale)
+    pixel = None if win is None else original_pixel(cands.pixels[win], scale)
     return MatchResult(win is not None, reason, 0.0 if win is None else float(cands.similarity[win]),
                        len(cands.vertices), int(cands.valid.sum()), None if win is None else int(cands.vertices[win]),
                        pixel, query.part_mask, query.object_mask, scale, candidate_list(cands, scale),

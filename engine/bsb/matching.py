@@ -139,10 +139,15 @@ def seed_result(result: MatchResult, seed: Seeding | None, n_vertices: int) -> N
     result.timings["iseg_s"] = time.perf_counter() - t
 
 
+def original_pixel(pixel: np.ndarray, scale: float) -> tuple[float, float]:
+    """The centre of working pixel `pixel` (column, row) in the original image frame (x, y)."""
+    return (float(pixel[0]) + 0.5) / scale, (float(pixel[1]) + 0.5) / scale
+
+
 def candidate_list(c: Candidates, scale: float, ious: np.ndarray | None = None) -> list[Candidate]:
     out = []
     for i in range(len(c.vertices)):
-        px = ((c.pixels[i, 0] + 0.5) / scale, (c.pixels[i, 1] + 0.5) / scale)
+        px = original_pixel(c.pixels[i], scale)
         score = None if ious is None or ious[i] < 0 else float(ious[i])
         out.append(Candidate(int(c.vertices[i]), float(c.similarity[i]), px, bool(c.valid[i]), score))
     return out
@@ -202,7 +207,7 @@ def _decide(cands: Candidates, ious: np.ndarray, query: Query, scale: float, min
                            0.0, winner_vertex=None, winner_pixel=None, **base)
     win = int(np.argmax(ious))  # invalid ones are -1; ties go to the more similar (earlier) candidate
     conf = float(ious[win])
-    pixel = ((cands.pixels[win, 0] + 0.5) / scale, (cands.pixels[win, 1] + 0.5) / scale)
+    pixel = original_pixel(cands.pixels[win], scale)
     found, reason = True, None
     if min_confidence is not None and conf < min_confidence:
         found, reason = False, f"confidence {conf:.2f} below minimum {min_confidence:g}"

@@ -6,6 +6,7 @@ import numpy as np
 
 from engine.bsb.interfaces import Cancel, MaskChooser, PromptSegmenter
 from engine.bsb.prompting import click_masks, iou
+from engine.errors import BsbError
 
 SMALL_SIDE = 256  # longest side of the point-sampled copies used for interior search and dedup
 
@@ -45,7 +46,7 @@ def interior_pixel(mask: np.ndarray) -> tuple[int, int]:
         rows, cols = np.arange(mask.shape[0]), np.arange(mask.shape[1])
         m = mask
     if not m.any():
-        raise ValueError("interior_pixel of an empty mask")
+        raise BsbError("internal: interior_pixel of an empty mask", "internal")
     while True:
         e = _erode(m)
         if not e.any():

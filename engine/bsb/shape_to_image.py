@@ -20,7 +20,7 @@ import torch
 
 from engine.bsb import features as ft
 from engine.bsb.interfaces import Cancel, MaskChooser, Progress, PromptSegmenter
-from engine.bsb.matching import vertex_bank
+from engine.bsb.matching import original_pixel, vertex_bank
 from engine.bsb.prompting import click_masks, default_chooser
 from engine.bsb.result import Candidate, MatchResult
 from engine.errors import BsbError
@@ -81,7 +81,7 @@ def shape_to_image(segmenter: PromptSegmenter, grid: ft.FeatureGrid, vertex_feat
                 best = (n_ok, precision, m, o | m, idx[s + j])
     timings["sam_s"] = time.perf_counter() - t
     _, conf, region, obj, win = best
-    pixel = ((pixels[win, 0] + 0.5) / scale, (pixels[win, 1] + 0.5) / scale)
+    pixel = original_pixel(pixels[win], scale)
     found, reason = True, None
     if min_confidence is not None and conf < min_confidence:
         found, reason = False, f"confidence {conf:.2f} below minimum {min_confidence:g}"
@@ -93,7 +93,6 @@ def shape_to_image(segmenter: PromptSegmenter, grid: ft.FeatureGrid, vertex_feat
 
 def _candidates(buddies: np.ndarray, sims: np.ndarray, pixels: np.ndarray, valid: np.ndarray, scale: float,
                 scores: np.ndarray | None) -> list[Candidate]:
-    return [Candidate(int(buddies[i]), float(sims[i]),
-                      ((pixels[i, 0] + 0.5) / scale, (pixels[i, 1] + 0.5) / scale),
-                      bool(valid[i]), None if scores is None or not valid[i] else float(scores[i]))
+    return [Candidate(int(buddies[i]), float(sims[i]), original_pixel(pixels[i], scale), bool(valid[i]),
+                      None if scores is None or not valid[i] else float(scores[i]))
             for i in range(len(buddies))]

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 
 BACKGROUND, BODY, ARM, THIGH, SHIN, HEAD, DECAL, TAIL = -1, 0, 1, 2, 3, 4, 5, 6
-PART_NAMES = {BODY: "body", ARM: "arm", THIGH: "thigh", SHIN: "shin", HEAD: "head", DECAL: "decal", TAIL: "tail"}
 GRID_HW = (24, 32)  # feature grid (rows, cols); the layout below is in these cells
 LAYOUT = [  # (label, row0, row1, col0, col1) in grid cells, later entries paint over earlier ones
     (HEAD, 1, 5, 14, 18), (BODY, 5, 15, 12, 20), (DECAL, 8, 12, 14, 18), (ARM, 6, 9, 4, 10),

@@ -179,7 +179,8 @@ def decal_trial(lm: LabelledMesh, scene: Scene, view: int) -> list[Trial]:
 
 
 def is_success(trial: Trial, found: bool, vertex: int | None, shape: LabelledMesh) -> bool:
-    """Decal, or a part the shape lacks (an engine on a jet without one): only "no part" is right."""
+    """Whether an answer is right: for a decal, or a part the shape lacks (an engine on a jet without one),
+    only "no part" is; otherwise the matched vertex must touch a face of the clicked part."""
     if trial.kind == "decal" or trial.part >= shape.n_parts or not shape.vertex_parts[:, trial.part].any():
         return not found
     if not found or vertex is None:

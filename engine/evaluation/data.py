@@ -112,10 +112,6 @@ class LabelledMesh:
         inside = self.vertex_parts[:, part] & (self.vertex_parts.sum(axis=1) == 1)
         return np.flatnonzero(inside)
 
-    def vertex_label(self) -> np.ndarray:
-        """One part per vertex (the lowest label among its faces): for planting features, not for scoring."""
-        return np.argmax(self.vertex_parts, axis=1).astype(np.int32)
-
 
 def load_labelled(entry: MeshEntry | str, semantic: bool = False, root: str | Path | None = None) -> LabelledMesh:
     """Load a mesh with its median human segmentation, or with its semantic labels (airplanes 61/63/70)."""

@@ -3,8 +3,9 @@
 What oracle mode measures: the *matching logic* (candidate search, the best-buddy test, IoU ranking,
 rejection) given 2D models of known quality, never the 2D models or the distillation themselves.
 - `OracleSegmenter` answers SAM prompts from the scene's ground truth: the region under the click (the
-  decal is a region of its own), the object mask is the whole shape, and near a region border (within
-  `edge_px`) it merges the two regions, the way SAM hesitates between neighbouring parts.
+  decal is a region of its own), the object mask is the whole shape, and near a region border (another
+  region fills at least `merge_share` of the window within `edge_px`) it merges the two regions, the way
+  SAM hesitates between neighbouring parts.
 - `PlantedSpace` gives DINO-like features with known structure and known defects. Mesh side: one
   direction per part (all sharing a common component, so parts look alike), per-vertex noise, and a
   fraction of outlier vertices carrying another part's direction (distillation errors). Image side: each
@@ -27,7 +28,7 @@ from engine.evaluation.scenes import Scene
 
 @dataclass
 class OracleMaskSet:
-    masks: np.ndarray  # (N, 3, H, W) bool: part, part-or-merged, object
+    masks: np.ndarray  # (N, 3, H, W) bool: the clicked region (merged near a border) twice, then the object
     scores: np.ndarray  # (N, 3) float
 
 

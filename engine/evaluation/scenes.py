@@ -37,10 +37,6 @@ class Scene:
         """(W, H)."""
         return self.image.shape[1], self.image.shape[0]
 
-    @property
-    def object_mask(self) -> np.ndarray:
-        return self.part_map >= 0
-
     def region_map(self) -> np.ndarray:
         """What a perfect segmenter sees: part labels, with the decal as one extra region `DECAL_REGION`."""
         regions = self.part_map.copy()

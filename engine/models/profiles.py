@@ -12,7 +12,7 @@ embedding. Choices:
   trustworthy there; a resized position embedding is unvalidated) and spend the budget on fewer SAM
   views instead. ViT-B is the lightest published SAM; MobileSAM-style encoders are not on PyPI with
   loadable weights, so not used. A click is one SAM encode of the reference image (cached per image)
-  plus ~0.1 s per SAM prompt (BSB re-segments up to 16 candidates).
+  plus ~0.15 s per SAM prompt (BSB re-segments at most 8 candidate pixels here: engine.pipeline._EXTRA).
 - `gpu`: the paper's models (DINOv2-L/14 with registers, SAM ViT-H) with many views; SAM views are
   capped at 200 because each embedding is 4 MB (fp32) and ViT-H costs ~0.2-0.5 s/view on a laptop GPU.
 - `tiny`: random weights, tiny architectures; for tests and plumbing checks only, never a result.

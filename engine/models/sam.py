@@ -165,10 +165,11 @@ class SamSegmenter:
         emb = self._cache.get(key)
         if emb is None:
             emb = self.encode(rgb[None])[0]
-            self._cache[key] = emb
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(key)
+            self._cache[key] = emb  # a new key is already the most recent
+        else:
+            self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:  # evicting last: cache_size=0 just keeps nothing
+            self._cache.popitem(last=False)
         self.set_embedding(emb, rgb.shape[:2])
 
     def set_embedding(self, embedding: torch.Tensor | np.ndarray, image_hw: tuple[int, int]) -> None:

@@ -17,8 +17,6 @@ from engine.errors import BsbError, ProtocolError
 
 PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 1 << 20
-CONTROL_TYPES = ("status", "cancel", "shutdown")
-JOB_TYPES = ("prepare", "set_image", "match", "refine", "match_all", "shape_to_image")
 
 
 class LineTooLong(BsbError):
