@@ -11,6 +11,7 @@ centre, so when H and W are multiples of h and w a cell is exactly an average-po
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,15 @@ def interpolate(attr: torch.Tensor, faces, face_id, bary) -> torch.Tensor:
 
     Only covered pixels are gathered, so the cost follows the silhouette area, not the image size.
     """
+    values, covered = _blend_covered(attr, faces, face_id, bary)
+    shape = tuple(face_id.shape)
+    out = attr.new_zeros(math.prod(shape), attr.shape[1])
+    out = out.index_copy(0, covered, values)
+    return out.reshape(*shape, attr.shape[1])
+
+
+def _blend_covered(attr: torch.Tensor, faces, face_id, bary) -> tuple[torch.Tensor, torch.Tensor]:
+    """Barycentric blend of per-vertex `attr (V,C)` at the covered pixels: `(values (P,C), pixel_index (P,))`."""
     device = attr.device
     faces = _as_long(faces, device)
     face_id = _as_long(face_id, device)
@@ -49,10 +59,7 @@ def interpolate(attr: torch.Tensor, faces, face_id, bary) -> torch.Tensor:
     covered = torch.nonzero(flat_id >= 0).squeeze(1)
     corners = faces[flat_id[covered]]  # (P,3) vertex ids
     weights = bary.reshape(-1, 3)[covered].to(attr.dtype)  # (P,3)
-    values = (attr[corners] * weights.unsqueeze(-1)).sum(1)  # (P,C)
-    out = attr.new_zeros(flat_id.numel(), attr.shape[1])
-    out = out.index_copy(0, covered, values)
-    return out.reshape(*face_id.shape, attr.shape[1])
+    return (attr[corners] * weights.unsqueeze(-1)).sum(1), covered
 
 
 def surface_points(vertices, faces, face_id, bary) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,18 +68,7 @@ def surface_points(vertices, faces, face_id, bary) -> tuple[torch.Tensor, torch.
     `pixel_index` is the flat index into `B*H*W` (view = index // (H*W)), so results computed at the
     points scatter back into images with `index_copy`.
     """
-    vertices = _as_float(vertices)
-    device = vertices.device
-    faces = _as_long(faces, device)
-    face_id = _as_long(face_id, device)
-    bary = _as_float(bary, device)
-    _check_raster(face_id, bary)
-    flat_id = face_id.reshape(-1)
-    pixel_index = torch.nonzero(flat_id >= 0).squeeze(1)
-    corners = vertices[faces[flat_id[pixel_index]]]  # (P,3,3)
-    weights = bary.reshape(-1, 3)[pixel_index]
-    points = (corners * weights.unsqueeze(-1)).sum(1)
-    return points, pixel_index
+    return _blend_covered(_as_float(vertices), faces, face_id, bary)
 
 
 @dataclass(frozen=True)
