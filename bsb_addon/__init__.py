@@ -7,16 +7,22 @@ from __future__ import annotations
 
 import bpy
 
-from . import ops_engine, ops_part, ops_pick, overlay, panels, prefs, props, session
+from . import ops_engine, ops_models, ops_part, ops_pick, overlay, panels, prefs, props, session
 
-classes = (*props.classes, *prefs.classes, *ops_engine.classes, *ops_part.classes, *ops_pick.classes,
-           *panels.classes)
+classes = (*props.classes, *prefs.classes, *ops_engine.classes, *ops_models.classes, *ops_part.classes,
+           *ops_pick.classes, *panels.classes)
 
 
 @bpy.app.handlers.persistent
 def _cancel_on_load(_dummy) -> None:
-    """A new file invalidates the objects a running job would write into."""
-    session.cancel_job()
+    """A new file invalidates the objects a running job would write into: cancel it, write nothing."""
+    session.cancel_job("a file was loaded")
+
+
+@bpy.app.handlers.persistent
+def _after_load(_dummy) -> None:
+    session.on_file_load()
+    overlay.on_file_load()
 
 
 def register() -> None:
@@ -25,11 +31,14 @@ def register() -> None:
     props.register()
     overlay.register()
     bpy.app.handlers.load_pre.append(_cancel_on_load)
+    bpy.app.handlers.load_post.append(_after_load)
 
 
 def unregister() -> None:
-    if _cancel_on_load in bpy.app.handlers.load_pre:
-        bpy.app.handlers.load_pre.remove(_cancel_on_load)
+    for handlers, fn in ((bpy.app.handlers.load_pre, _cancel_on_load), (bpy.app.handlers.load_post, _after_load)):
+        if fn in handlers:
+            handlers.remove(fn)
+    ops_models.cancel_download()
     session.shutdown_all()
     overlay.unregister()
     props.unregister()

@@ -10,20 +10,18 @@ written before a complete, validated result, so errors, crashes and cancels leav
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import bpy
 import numpy as np
 
-from . import jobs, meshio, session
+from . import jobs, meshio, meshmath, pixels, session
 from .engine_client import CancelFn, EngineClient, ProgressFn
 from .errors import InputError
 
 PLUMBING = "plumbing check (random weights)"
-
-# Image-part masks of this session's results, for "colour from image" after the fact (not saved).
-_part_masks: dict[tuple[str, str], np.ndarray] = {}
 
 
 @dataclass
@@ -33,17 +31,29 @@ class Request:
     job_dir: Path
     image: object = None  # bpy Image or a path
     image_path: str = ""
+    warning: str = ""
+    clicks: list = field(default_factory=list)  # image clicks [u, v, positive], recorded with the result
 
 
 def begin(obj, image=None, depsgraph=None) -> Request:
-    """Main thread: check the input, write the mesh (and, if needed, the image) for the engine."""
+    """Main thread: check the input (Edit Mode edits flushed), write the mesh (and the image) for the engine."""
     st = meshio.stamp(obj)
     job_dir = session.new_job_dir()
     image_path = meshio.image_file_for_engine(image, job_dir) if image is not None else ""
     if depsgraph is None and bpy.context is not None:
         depsgraph = bpy.context.evaluated_depsgraph_get()
-    mesh = meshio.export_mesh(obj, job_dir, depsgraph)
-    return Request(st, mesh, job_dir, image, image_path)
+    mesh, warning = meshio.export_mesh(obj, job_dir, depsgraph)
+    if warning:
+        print(f"BSB warning: {warning}")
+    return Request(st, mesh, job_dir, image, image_path, warning)
+
+
+def group_name_for(obj, chosen: str) -> str:
+    """The name the user typed (replacing that group), else a new 'Part N' that replaces nothing."""
+    if chosen.strip():
+        return meshio.check_group_name(chosen)
+    taken = {g.name for g in obj.vertex_groups} | {a.name[4:] for a in obj.data.attributes if a.name.startswith("bsb_")}
+    return meshmath.next_free_name("Part", taken)
 
 
 def describe(result: jobs.PartResult) -> str:
@@ -72,25 +82,37 @@ def apply_part(
         "material": None,
         "n_faces": 0,
     }
+    group_name = meshio.check_group_name(group_name)
+    summary["group"] = group_name
+    summary["warning"] = req.warning
     obj = meshio.find_unchanged(req.stamp)
     if result.found:
+        # Everything that can refuse is checked before the first write.
         faces = meshio.part_faces(obj, result.mask) if material is not None else None
         if faces is not None and not faces.any():
             raise InputError("The part covers no whole face, so no material was assigned; nothing was written.")
+        color = meshio.part_color(req.image, result.part_mask) if material == "NEW" and color_from_image else None
         with meshio.object_mode(obj):
             meshio.write_part(obj, group_name, result.weights, result.mask, soft)
             if faces is not None:
                 if material == "NEW":
-                    color = meshio.part_color(req.image, result.part_mask) if color_from_image else None
                     material = meshio.new_material(group_name, color)
                 summary["n_faces"] = meshio.assign_material(obj, faces, material)
                 summary["material"] = material.name
-    record(bpy.context.scene, obj.name, group_name, result)
+    record(bpy.context.scene, obj.name, group_name, result, req)
     return summary
 
 
-def record(scene, object_name: str, group_name: str, result: jobs.PartResult) -> None:
-    """Add or update the entry in the results list (the panel's UIList)."""
+def _image_ref(image) -> str:
+    if image is None:
+        return ""
+    if isinstance(image, (str, Path)):
+        return str(image)
+    return f"{image.name} ({image.filepath})" if image.filepath else image.name
+
+
+def record(scene, object_name: str, group_name: str, result: jobs.PartResult, req: Request | None = None) -> None:
+    """Add or update the entry in the results list (the panel's UIList), with what made it (saved)."""
     items = scene.bsb.results
     item = next((r for r in items if r.object_name == object_name and r.name == group_name), None)
     if item is None:
@@ -99,9 +121,14 @@ def record(scene, object_name: str, group_name: str, result: jobs.PartResult) ->
     item.found, item.confidence = result.found, result.confidence
     item.n_vertices, item.reason = result.n_selected, str(result.reason or "")
     item.random_weights = result.random_weights
-    scene.bsb.active_result = list(items).index(item)
+    item.engine = json.dumps(result.provenance, sort_keys=True)
+    if req is not None:
+        item.image = _image_ref(req.image)
+        item.image_clicks = json.dumps(req.clicks)
     if result.part_mask is not None:
-        _part_masks[(object_name, group_name)] = result.part_mask
+        item.part_mask = pixels.pack_mask(result.part_mask)
+        item.part_mask_size = (result.part_mask.shape[1], result.part_mask.shape[0])
+    scene.bsb.active_result = list(items).index(item)
     from . import overlay
 
     overlay.show_result(object_name, result.mask if result.found else None, result.part_mask)
@@ -133,6 +160,7 @@ def match(
     dict (`found`, `n_selected`, `confidence`, `label`, ...). Raises EngineError subclasses on failure.
     """
     req = begin(obj, image)
+    req.clicks = [[float(x), float(y), int(lab)] for (x, y), lab in zip(pixels or [], labels or [1] * len(pixels or []))]
     result = jobs.run_match(
         _client(client), req.mesh, req.image_path, str(req.job_dir / "match"), points=pixels, labels=labels,
         box=box, min_confidence=min_confidence, progress=progress, cancel=cancel,
@@ -174,8 +202,10 @@ def match_all(
 
 
 def apply_regions(req: Request, regions: list[jobs.PartResult], prefix: str) -> list[dict]:
-    meshio.find_unchanged(req.stamp)  # check once before writing any region
-    return [apply_part(req, r, f"{prefix} {r.name}") for r in regions]
+    """All regions or none: names and the object are checked before the first region is written."""
+    meshio.find_unchanged(req.stamp)
+    names = [meshio.check_group_name(f"{prefix} {r.name}") for r in regions]
+    return [apply_part(req, r, name) for r, name in zip(regions, names)]
 
 
 def assign_material(obj, group_name: str, material=None, color: tuple[float, float, float] | None = None) -> dict:
@@ -184,20 +214,24 @@ def assign_material(obj, group_name: str, material=None, color: tuple[float, flo
     faces = meshio.part_faces(obj, meshio.group_mask(obj, group_name))
     if not faces.any():
         raise InputError(f"The group '{group_name}' covers no whole face; nothing to colour.")
-    mat = material if material is not None else meshio.new_material(group_name, color)
+    mat = material if material is not None else meshio.new_material(meshmath.fit_name(group_name, 63), color)
     with meshio.object_mode(obj):
         n_faces = meshio.assign_material(obj, faces, mat)
     return {"material": mat.name, "n_faces": n_faces}
 
 
-def part_mask_for(object_name: str, group_name: str) -> np.ndarray | None:
-    return _part_masks.get((object_name, group_name))
+def part_mask_for(object_name: str, group_name: str, scene=None) -> np.ndarray | None:
+    """The image part of a recorded result (saved in the .blend, so it survives a reopen)."""
+    scene = scene if scene is not None else bpy.context.scene
+    item = next((r for r in scene.bsb.results if r.object_name == object_name and r.name == group_name), None)
+    if item is None:
+        return None
+    return pixels.unpack_mask(item.part_mask, *item.part_mask_size)
 
 
 def selected_vertices(obj) -> np.ndarray:
     """Indices of selected vertices (Edit Mode selection is flushed to the mesh first)."""
-    if obj.mode == "EDIT":
-        obj.update_from_editmode()
+    meshio.flush_edits(obj)
     sel = np.empty(len(obj.data.vertices), bool)
     obj.data.vertices.foreach_get("select", sel)
     return np.flatnonzero(sel)

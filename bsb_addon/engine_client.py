@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 PROTOCOL_VERSION = 1
+# The engine refuses request lines over 1 MiB (docs/protocol.md); big arrays travel as .npy files instead.
+MAX_LINE_BYTES = 1 << 20
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
@@ -72,6 +74,13 @@ class EngineConfig:
     command: list[str] = field(default_factory=list)
     start_timeout: float = 120.0
     cancel_grace: float = 5.0
+    # A job may legitimately run long (a first preparation on a CPU), so the overall limit is generous;
+    # a hung engine is caught sooner: after `idle_check` s without a message a `status` ping must be
+    # answered within `status_timeout` s (the engine answers status at once, even mid-job).
+    request_timeout: float = 3 * 3600.0
+    idle_check: float = 20.0
+    status_timeout: float = 15.0
+    offline: bool = True
 
 
 def build_command(config: EngineConfig) -> list[str]:
@@ -90,20 +99,55 @@ def build_command(config: EngineConfig) -> list[str]:
         cmd += ["--models", config.models]
     if config.cache:
         cmd += ["--cache", config.cache]
+    if config.offline:  # weights are fetched only from the preferences' Models section, when the user asks
+        cmd += ["--offline"]
     return cmd
 
 
-def clean_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """Blender's PYTHONPATH/PYTHONHOME must not leak into the engine's interpreter."""
+def clean_env(base: dict[str, str] | None = None, offline: bool = False) -> dict[str, str]:
+    """Blender's PYTHONPATH/PYTHONHOME must not leak into the engine's interpreter.
+
+    `offline` also stops the engine's libraries (Hugging Face) from reaching the network on their own.
+    """
     env = dict(os.environ if base is None else base)
     for key in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONEXECUTABLE", "__PYVENV_LAUNCHER__"):
         env.pop(key, None)
     env["PYTHONNOUSERSITE"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
+    if offline:
+        env["BSB_OFFLINE"] = "1"
+        env["HF_HUB_OFFLINE"] = "1"
     return env
 
 
+def engine_command(config: EngineConfig, *args: str) -> list[str]:
+    """`python -m engine ARGS --models FOLDER` with the engine's Python (for `models list|fetch`)."""
+    if not config.python or not Path(config.python).is_file():
+        raise EngineMissing("No engine Python is set. Run 'Set up engine' or set it in the add-on preferences.")
+    return [config.python, "-s", "-u", "-m", "engine", *args] + (["--models", config.models] if config.models else [])
+
+
+def list_models(config: EngineConfig, timeout: float = 120.0) -> dict:
+    """`models list --json`: profiles, their weight files, sizes and presence (imports torch: seconds)."""
+    try:
+        proc = subprocess.run(engine_command(config, "models", "list", "--json"), capture_output=True,
+                              env=clean_env(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise EngineError(f"Listing the models took over {timeout:.0f} s; try again.", "timeout") from None
+    except OSError as exc:
+        raise EngineMissing(f"Could not run the engine's Python ({exc}); check the path in the preferences.") from None
+    lines = proc.stdout.decode("utf-8", "replace").strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+        raise EngineError(f"Listing the models failed: {tail[0][:300]}", "models")
+    return json.loads(lines[-1])
+
+
 _CRASH = object()
+
+
+def _encode(message: dict) -> bytes:
+    return (json.dumps(message, separators=(",", ":")) + "\n").encode("utf-8")
 
 
 class Pending:
@@ -114,6 +158,7 @@ class Pending:
         self.id = request_id
         self.kind = kind
         self.queue: queue.Queue = queue.Queue()
+        self.sent_at = time.monotonic()
 
     def wait(
         self,
@@ -121,23 +166,37 @@ class Pending:
         cancel: CancelFn | None = None,
         timeout: float | None = None,
     ) -> dict:
-        """Block until the result; forwards progress, sends the protocol's cancel when `cancel()` turns true."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """Block until the result; forwards progress, sends the protocol's cancel when `cancel()` turns true.
+
+        Every way out is bounded: the overall `timeout` (default: the config's `request_timeout`), a
+        status ping when the engine has been silent for a while, and the cancel grace period.
+        """
+        cfg = self.client.config
+        timeout = cfg.request_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         cancel_sent_at: float | None = None
+        last_heard = time.monotonic()
+        ping: Pending | None = None
         try:
             while True:
+                now = time.monotonic()
                 if cancel is not None and cancel_sent_at is None and cancel():
-                    cancel_sent_at = time.monotonic()
+                    cancel_sent_at = now
                     self.client.cancel(self.id)
-                if cancel_sent_at is not None and time.monotonic() - cancel_sent_at > self.client.config.cancel_grace:
+                if cancel_sent_at is not None and now - cancel_sent_at > cfg.cancel_grace:
                     self.client.kill()
                     raise EngineCancelled("The engine did not stop in time, so it was stopped; it restarts on next use.")
-                if deadline is not None and time.monotonic() > deadline:
-                    raise EngineError(f"The engine did not answer '{self.kind}' within {timeout:.0f} s.", "timeout")
+                if now > deadline:
+                    raise EngineError(
+                        f"The engine did not finish '{self.kind}' within {timeout / 60:.0f} min. Press 'Restart "
+                        f"engine' and try again (a smaller mesh or the CPU profile is faster).{self.client.log_hint()}",
+                        "timeout")
+                ping, last_heard = self._check_alive(ping, last_heard, now)
                 try:
                     msg = self.queue.get(timeout=0.05)
                 except queue.Empty:
                     continue
+                last_heard = time.monotonic()
                 if msg is _CRASH:
                     raise EngineCrashed(self.client.crash_message())
                 kind = msg.get("type")
@@ -150,9 +209,34 @@ class Pending:
                     text = str(msg.get("message", "engine error"))
                     if code == "cancelled":
                         raise EngineCancelled(text)
+                    if code == "too_large":
+                        text += " Select fewer vertices (or a smaller mesh) and try again."
                     raise EngineError(text, code, str(msg.get("traceback", "")))
         finally:
             self.client._forget(self.id)
+            if ping is not None:
+                self.client._forget(ping.id)
+
+    def _check_alive(self, ping: "Pending | None", last_heard: float, now: float) -> tuple["Pending | None", float]:
+        """Ping a silent engine with `status`; an engine that does not answer it is hung and is stopped."""
+        cfg = self.client.config
+        if ping is not None:
+            try:
+                answer = ping.queue.get_nowait()
+            except queue.Empty:
+                answer = None
+            if answer is not None and answer is not _CRASH:
+                self.client._forget(ping.id)
+                return None, now
+            if now - ping.sent_at > cfg.status_timeout:
+                self.client.kill()
+                raise EngineCrashed(
+                    f"The engine stopped answering (no reply to a status check within {cfg.status_timeout:.0f} s), "
+                    f"so it was stopped. Press 'Restart engine'.{self.client.log_hint()}")
+            return ping, last_heard
+        if now - last_heard > cfg.idle_check:
+            return self.client.send("status"), last_heard
+        return None, last_heard
 
 
 class EngineClient:
@@ -170,6 +254,8 @@ class EngineClient:
         self._hello_q: queue.Queue = queue.Queue()
         self._dead = False
         self._log = None
+        self._log_start = 0
+        self._models: dict | None = None
         self._reader: threading.Thread | None = None
 
     # -- lifetime -------------------------------------------------------------------------------
@@ -180,6 +266,7 @@ class EngineClient:
         if self.config.log_path:
             log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "ab")
+        self._log_start = self._log.tell()  # the log is shared across sessions: show only this one's lines
         flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if os.name == "nt" else 0
         try:
             self.proc = subprocess.Popen(
@@ -187,7 +274,7 @@ class EngineClient:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self._log,
-                env=clean_env(),
+                env=clean_env(offline=self.config.offline),
                 cwd=self.config.workdir or None,
                 creationflags=flags,
             )
@@ -226,6 +313,18 @@ class EngineClient:
     def random_weights(self) -> bool:
         return bool(self.hello.get("random_weights", False))
 
+    def models_of_profile(self) -> dict:
+        """{part: model id} of the running profile (from `models list`, asked once); {} when unknown."""
+        if self._models is None:
+            self._models = {}
+            try:
+                listing = list_models(self.config, timeout=60.0)
+                profile = next(p for p in listing["profiles"] if p["name"] == self.hello.get("profile"))
+                self._models = {f["part"]: f["id"] for f in profile["files"]}
+            except (EngineError, StopIteration, KeyError, ValueError, TypeError):
+                pass  # provenance is a record, not a requirement: a missing id never blocks a result
+        return self._models
+
     def shutdown(self, timeout: float = 5.0) -> None:
         """Ask politely, then kill: frees the engine's memory (models, caches)."""
         if self.alive:
@@ -253,12 +352,17 @@ class EngineClient:
         """Send one request; its answer arrives on the returned Pending."""
         request_id = self._next_id()
         pending = Pending(self, request_id, kind)
+        line = _encode({"id": request_id, "type": kind, **fields})
+        if len(line) > MAX_LINE_BYTES:
+            raise EngineError(
+                f"The '{kind}' request is {len(line) / 2**20:.1f} MiB, over the engine's 1 MiB limit. "
+                "Select fewer vertices (or a smaller mesh) and try again.", "too_large")
         with self._lock:
             if self._dead or self.proc is None:
                 raise EngineCrashed(self.crash_message())
             self._pending[request_id] = pending
         try:
-            self._write({"id": request_id, "type": kind, **fields})
+            self._write_line(line)
         except EngineError:
             self._forget(request_id)
             raise
@@ -283,21 +387,24 @@ class EngineClient:
             pass
 
     def log_tail(self, n_lines: int = 20) -> str:
+        """The last lines this engine process wrote to the log (earlier sessions' lines are not shown)."""
         if not self.config.log_path or not Path(self.config.log_path).is_file():
             return ""
         with open(self.config.log_path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 8192))
+            fh.seek(max(self._log_start, fh.tell() - 8192))
             lines = fh.read().decode("utf-8", "replace").splitlines()
         return "\n".join(lines[-n_lines:])
 
+    def log_hint(self) -> str:
+        return f" Log: {self.config.log_path}." if self.config.log_path else ""
+
     def crash_message(self) -> str:
         code = self.proc.poll() if self.proc is not None else None
-        tail = self.log_tail(5)
-        where = f" Log: {self.config.log_path}." if self.config.log_path else ""
+        tail = self.log_tail(3)
         return (
-            f"The engine stopped unexpectedly (exit code {code}). Press 'Restart engine' to try again.{where}"
-            + (f"\n{tail}" if tail else "")
+            f"The engine stopped unexpectedly (exit code {code}). Press 'Restart engine' to try again.{self.log_hint()}"
+            + (f"\nLast log lines:\n{tail}" if tail else "")
         )
 
     # -- internals ------------------------------------------------------------------------------
@@ -309,9 +416,11 @@ class EngineClient:
             self._pending.pop(request_id, None)
 
     def _write(self, message: dict) -> None:
+        self._write_line(_encode(message))
+
+    def _write_line(self, line: bytes) -> None:
         if self.proc is None or self.proc.stdin is None:
             raise EngineCrashed("The engine is not running. Press 'Restart engine'.")
-        line = (json.dumps(message, separators=(",", ":")) + "\n").encode("utf-8")
         with self._write_lock:
             try:
                 self.proc.stdin.write(line)
@@ -336,10 +445,17 @@ class EngineClient:
                 continue
             with self._lock:
                 pending = self._pending.get(str(msg.get("id")))
+                waiting = list(self._pending.values())
             if pending is not None:
                 pending.queue.put(msg)
+            elif msg.get("type") == "error" and msg.get("id") is None:
+                # The engine could not read the request's id (a line it refused whole): this add-on sends
+                # one request at a time, so the error belongs to what is waiting; failing it beats a hang.
+                self._log_line(f"[bsb client] engine error without an id: {str(msg)[:500]}".encode())
+                for other in waiting:
+                    other.queue.put(msg)
             elif msg.get("type") == "error":
-                self._log_line(f"[bsb client] engine error without a waiting request: {msg}".encode())
+                self._log_line(f"[bsb client] engine error without a waiting request: {str(msg)[:500]}".encode())
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:

@@ -11,7 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 
+from . import meshmath
 from .engine_client import CancelFn, EngineClient, EngineError, ProgressFn
+
+# Vertex clicks sent per request: iSeg takes point prompts, and a few hundred spread over a selection
+# carry what a 100k-vertex selection means while keeping the request line small (protocol limit 1 MiB).
+MAX_VERTEX_CLICKS = 256
 
 
 class ResultError(EngineError):
@@ -23,11 +28,38 @@ class ResultError(EngineError):
 
 @dataclass
 class MeshFiles:
+    """The mesh as the engine sees it. With topology-changing modifiers that is the evaluated mesh, and
+    `copies` maps each of its vertices to the base vertex it copies (-1: made by a modifier)."""
+
     vertices: str
     faces: str
     n_vertices: int
     name: str
     up: str = "z"
+    copies: np.ndarray | None = None
+    n_base: int = 0
+
+    @property
+    def base_count(self) -> int:
+        return self.n_base if self.copies is not None else self.n_vertices
+
+    def to_engine(self, base_vertices: np.ndarray) -> np.ndarray:
+        """Base vertex indices -> the engine's (evaluated) indices; vertices without a copy are dropped."""
+        base_vertices = np.asarray(base_vertices, dtype=np.int64)
+        if self.copies is None:
+            return base_vertices
+        mapped = meshmath.first_copy(self.copies, self.n_base)[base_vertices]
+        return mapped[mapped >= 0]
+
+    def engine_clicks(self, clicks: list[tuple[int, bool]]) -> list[tuple[int, bool]]:
+        """Map base-vertex clicks to the engine's mesh and spread each sign over at most MAX_VERTEX_CLICKS."""
+        positions = np.load(self.vertices, allow_pickle=False)
+        out: list[tuple[int, bool]] = []
+        for sign in (True, False):
+            chosen = self.to_engine(np.array([v for v, p in clicks if bool(p) == sign], np.int64))
+            chosen = meshmath.spread_sample(np.unique(chosen), positions, MAX_VERTEX_CLICKS)
+            out += [(int(v), sign) for v in chosen]
+        return out
 
 
 @dataclass
@@ -44,10 +76,19 @@ class PartResult:
     random_weights: bool = False
     image_size: tuple[int, int] = (0, 0)
     info: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
 
     @property
     def n_selected(self) -> int:
         return int(self.mask.sum()) if self.mask is not None else 0
+
+
+def provenance(client: EngineClient) -> dict:
+    """What produced a result, from the engine's handshake: version, profile, device, model ids."""
+    hello = client.hello
+    out = {k: hello.get(k) for k in ("engine", "profile", "device", "random_weights")}
+    out["models"] = hello.get("models") or client.models_of_profile()
+    return out
 
 
 def _steps(progress: ProgressFn | None, lo: float, hi: float) -> ProgressFn | None:
@@ -69,8 +110,11 @@ def _load(path: str | None, what: str) -> np.ndarray | None:
         raise ResultError(f"The engine's {what} file {path} is unreadable ({exc}); run the action again.") from exc
 
 
-def part_from_data(data: dict, n_vertices: int, random_weights: bool, image_size=(0, 0), name: str = "") -> PartResult:
-    """Load and check a match-shaped result: arrays must index exactly this mesh's vertices."""
+def part_from_data(data: dict, mesh: "MeshFiles | int", random_weights: bool, image_size=(0, 0),
+                   name: str = "") -> PartResult:
+    """Load and check a match-shaped result: arrays must index exactly the engine's vertices; with
+    modifiers they are then carried back to the base mesh's vertices."""
+    n_vertices = mesh if isinstance(mesh, int) else mesh.n_vertices
     found = bool(data.get("found", True))
     part_mask = _load(data.get("part_mask"), "part mask")
     if part_mask is not None and part_mask.ndim != 2:
@@ -104,8 +148,12 @@ def part_from_data(data: dict, n_vertices: int, random_weights: bool, image_size
     weights = weights.astype(np.float32)
     if not np.all(np.isfinite(weights)):
         raise ResultError("The engine's weights contain NaN or infinity; run the action again.")
+    mask = mask.astype(bool)
+    if not isinstance(mesh, int) and mesh.copies is not None:
+        weights = meshmath.to_base(weights, mesh.copies, mesh.n_base)
+        mask = meshmath.to_base(mask, mesh.copies, mesh.n_base)
     result.weights = weights
-    result.mask = mask.astype(bool)
+    result.mask = mask
     return result
 
 
@@ -183,7 +231,9 @@ def run_match(
         fields["min_confidence"] = float(min_confidence)
     Path(job_dir).mkdir(parents=True, exist_ok=True)
     data = client.request("match", progress=_steps(progress, 0.3, 1.0), cancel=cancel, **fields)
-    return part_from_data(data, mesh.n_vertices, client.random_weights, (width, height))
+    result = part_from_data(data, mesh, client.random_weights, (width, height))
+    result.provenance = provenance(client)
+    return result
 
 
 def run_refine(
@@ -194,10 +244,13 @@ def run_refine(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
 ) -> PartResult:
-    """prepare -> refine with vertex clicks (3D positive/negative)."""
+    """prepare -> refine with vertex clicks (3D positive/negative; base-mesh indices, sent spread and mapped)."""
     for vertex, _ in clicks:
-        if not 0 <= int(vertex) < mesh.n_vertices:
-            raise EngineError(f"Vertex {vertex} is not on the mesh ({mesh.n_vertices} vertices).", "bad_request")
+        if not 0 <= int(vertex) < mesh.base_count:
+            raise EngineError(f"Vertex {vertex} is not on the mesh ({mesh.base_count} vertices).", "bad_request")
+    sent = mesh.engine_clicks(clicks)
+    if not any(p for _, p in sent):
+        raise EngineError("None of the selected vertices is part of the evaluated mesh; select others.", "bad_request")
     mesh_data = prepare(client, mesh, _steps(progress, 0.0, 0.3), cancel)
     Path(job_dir).mkdir(parents=True, exist_ok=True)
     data = client.request(
@@ -205,10 +258,12 @@ def run_refine(
         progress=_steps(progress, 0.3, 1.0),
         cancel=cancel,
         mesh_id=mesh_data["mesh_id"],
-        clicks=[[int(v), bool(p)] for v, p in clicks],
+        clicks=[[int(v), bool(p)] for v, p in sent],
         job_dir=str(job_dir),
     )
-    return part_from_data({"found": True, **data}, mesh.n_vertices, client.random_weights)
+    result = part_from_data({"found": True, **data}, mesh, client.random_weights)
+    result.provenance = provenance(client)
+    return result
 
 
 def run_match_all(
@@ -228,10 +283,11 @@ def run_match_all(
         fields["max_regions"] = int(max_regions)
     data = client.request("match_all", progress=_steps(progress, 0.2, 1.0), cancel=cancel, **fields)
     size = (int(image["width"]), int(image["height"]))
-    return [
-        part_from_data(region, mesh.n_vertices, client.random_weights, size, name=f"region {i + 1}")
-        for i, region in enumerate(data.get("regions", []))
-    ]
+    regions = [part_from_data(region, mesh, client.random_weights, size, name=f"region {i + 1}")
+               for i, region in enumerate(data.get("regions", []))]
+    for region in regions:
+        region.provenance = provenance(client)
+    return regions
 
 
 def run_shape_to_image(
@@ -244,8 +300,11 @@ def run_shape_to_image(
     cancel: CancelFn | None = None,
 ) -> dict:
     """3D selection -> where it is in the image: {'pixel', 'mask' (H, W) bool, 'confidence', 'size'}."""
-    if not vertices:
+    if not len(vertices):
         raise EngineError("Select some vertices of the part first (Edit Mode).", "bad_request")
+    sent = [v for v, _ in mesh.engine_clicks([(int(v), True) for v in vertices])]
+    if not sent:
+        raise EngineError("None of the selected vertices is part of the evaluated mesh; select others.", "bad_request")
     mesh_data = prepare(client, mesh, _steps(progress, 0.0, 0.3), cancel)
     image = set_image(client, image_path, cancel)
     Path(job_dir).mkdir(parents=True, exist_ok=True)
@@ -255,7 +314,7 @@ def run_shape_to_image(
         cancel=cancel,
         mesh_id=mesh_data["mesh_id"],
         image_id=image["image_id"],
-        vertices=[int(v) for v in vertices],
+        vertices=[int(v) for v in sent],
         job_dir=str(job_dir),
     )
     mask = _load(data.get("mask"), "image mask")

@@ -112,6 +112,21 @@ class BSB_OT_setup_engine(bpy.types.Operator):
         return launch(self, "setup", work, done)
 
 
+class BSB_OT_report(bpy.types.Operator):
+    """Put a background job's message into the status bar and the Info log (internal)"""
+
+    bl_idname = "bsb.report"
+    bl_label = "BSB Report"
+    bl_options = {"INTERNAL"}
+
+    level: bpy.props.EnumProperty(items=[(k, k, "") for k in ("INFO", "WARNING", "ERROR")], default="INFO")
+    message: bpy.props.StringProperty()
+
+    def execute(self, context):
+        self.report({self.level}, self.message)
+        return {"FINISHED"}
+
+
 class BSB_OT_open_log(bpy.types.Operator):
     """Open the engine's log file (its stderr)"""
 
@@ -133,5 +148,5 @@ class BSB_OT_open_prefs(bpy.types.Operator):
         return {"FINISHED"}
 
 
-classes = (BSB_OT_test_engine, BSB_OT_restart_engine, BSB_OT_release_engine, BSB_OT_cancel_job,
+classes = (BSB_OT_report, BSB_OT_test_engine, BSB_OT_restart_engine, BSB_OT_release_engine, BSB_OT_cancel_job,
            BSB_OT_setup_engine, BSB_OT_open_log, BSB_OT_open_prefs)

@@ -10,9 +10,10 @@ import json
 import uuid
 
 import bpy
+import numpy as np
 from bpy.props import BoolProperty, StringProperty
 
-from . import api, feedback, jobs, overlay, pixels, session
+from . import api, feedback, jobs, meshmath, overlay, pixels, session
 from .engine_client import EngineError
 from .errors import InputError
 from .ops_engine import launch
@@ -21,8 +22,12 @@ _appliers: dict[str, object] = {}
 
 
 def deliver(apply) -> None:
-    """Write a result: directly when headless (already inside the operator), else as its own undo step."""
-    if bpy.app.background:
+    """Write a result: directly when headless (already inside the operator), else as its own undo step.
+
+    Operators called from Python push no undo step unless asked (the positional `True`), so without it
+    one Ctrl-Z would also take away the step before (e.g. the match under an Assign Material).
+    """
+    if not session.interactive():
         apply()
         return
     token = uuid.uuid4().hex
@@ -30,9 +35,22 @@ def deliver(apply) -> None:
     windows = bpy.context.window_manager.windows
     if windows:
         with bpy.context.temp_override(window=windows[0]):
-            bpy.ops.bsb.apply_result(token=token)
+            bpy.ops.bsb.apply_result("EXEC_DEFAULT", True, token=token)
     else:
-        bpy.ops.bsb.apply_result(token=token)
+        bpy.ops.bsb.apply_result("EXEC_DEFAULT", True, token=token)
+
+
+def _target(context, obj):
+    """The selected row of the results list when it belongs to `obj` (Refine and Assign Material act on it)."""
+    s = context.scene.bsb
+    if 0 <= s.active_result < len(s.results) and s.results[s.active_result].object_name == obj.name:
+        return s.results[s.active_result]
+    return None
+
+
+def _warn(op, req) -> None:
+    if req.warning:
+        op.report({"WARNING"}, req.warning)
 
 
 def _say(summary: dict) -> None:
@@ -50,6 +68,12 @@ def _fail(op, exc: Exception) -> set[str]:
     feedback.show_error(exc)
     op.report({"ERROR"}, feedback.describe(exc))
     return {"CANCELLED"}
+
+
+def _base_positions(obj) -> np.ndarray:
+    co = np.empty(len(obj.data.vertices) * 3, np.float32)
+    obj.data.vertices.foreach_get("co", co)
+    return co.reshape(-1, 3)
 
 
 class MeshOperator:
@@ -76,8 +100,9 @@ class BSB_OT_apply_result(bpy.types.Operator):
             return {"CANCELLED"}
         try:
             apply()
-        except EngineError as exc:
-            return _fail(self, exc)
+        except EngineError as exc:  # a refusal (object gone or edited): said plainly, nothing written
+            feedback.show_error(exc)
+            return {"CANCELLED"}
         return {"FINISHED"}
 
 
@@ -92,11 +117,12 @@ class BSB_OT_prepare_mesh(MeshOperator, bpy.types.Operator):
             req = api.begin(context.active_object)
         except EngineError as exc:
             return _fail(self, exc)
+        _warn(self, req)
         config = session.engine_config()
         name = context.active_object.name
 
         def work(progress, cancel):
-            return jobs.prepare(session.get_client(config), req.mesh, progress, cancel)
+            return jobs.prepare(session.get_client(config, progress), req.mesh, progress, cancel)
 
         def done(data, error):
             if error is None:
@@ -122,23 +148,33 @@ class BSB_OT_match(MeshOperator, bpy.types.Operator):
             if len(s.clicks) == 0 and not s.use_box:
                 raise InputError("No clicks yet: use 'Pick Part' in the Image Editor to click the part.")
             req = api.begin(context.active_object, s.image)
+            group = api.group_name_for(context.active_object, s.group_name)
         except EngineError as exc:
             return _fail(self, exc)
+        _warn(self, req)
         points_uv = [(c.u, c.v) for c in s.clicks]
         labels = [int(c.positive) for c in s.clicks]
+        req.clicks = [[float(u), float(v), lab] for (u, v), lab in zip(points_uv, labels)]
         box_uv = tuple(s.box) if s.use_box else None
-        group, soft = s.group_name, s.soft_weights
+        soft = s.soft_weights
         min_conf = s.min_confidence or None
         config = session.engine_config()
 
         def work(progress, cancel):
-            return jobs.run_match(session.get_client(config), req.mesh, req.image_path, str(req.job_dir / "match"),
-                                  points_uv=points_uv, labels=labels, box_uv=box_uv, min_confidence=min_conf,
-                                  progress=progress, cancel=cancel)
+            return jobs.run_match(session.get_client(config, progress), req.mesh, req.image_path,
+                                  str(req.job_dir / "match"), points_uv=points_uv, labels=labels, box_uv=box_uv,
+                                  min_confidence=min_conf, progress=progress, cancel=cancel)
+
+        def apply(result):
+            _say(api.apply_part(req, result, group, soft))
+            if result.found:  # the clicks are recorded with this part; the next part starts afresh
+                settings = bpy.context.scene.bsb
+                settings.clicks.clear()
+                settings.use_box = False
 
         def done(result, error):
             if error is None:
-                deliver(lambda: _say(api.apply_part(req, result, group, soft)))
+                deliver(lambda: apply(result))
 
         return launch(self, "match", work, done)
 
@@ -160,16 +196,20 @@ class BSB_OT_refine(MeshOperator, bpy.types.Operator):
             if selected.size == 0:
                 raise InputError("Select vertices of the part (Edit Mode) to refine with.")
             req = api.begin(obj)
+            item = _target(context, obj)
+            group = item.name if item is not None else api.group_name_for(obj, s.group_name)
         except EngineError as exc:
             return _fail(self, exc)
-        item = next((r for r in s.results if r.object_name == obj.name and r.name == s.group_name), None)
+        _warn(self, req)
         previous = json.loads(item.refine_clicks) if item is not None and item.refine_clicks else []
-        clicks = [tuple(c) for c in previous] + [(int(v), self.positive) for v in selected]
-        group, soft, config = s.group_name, s.soft_weights, session.engine_config()
+        # A big selection is sent (and saved) as a spread of clicks over it, never as one huge list.
+        spread = meshmath.spread_sample(selected, _base_positions(obj), jobs.MAX_VERTEX_CLICKS)
+        clicks = [tuple(c) for c in previous] + [(int(v), self.positive) for v in spread]
+        soft, config = s.soft_weights, session.engine_config()
 
         def work(progress, cancel):
-            return jobs.run_refine(session.get_client(config), req.mesh, clicks, str(req.job_dir / "refine"),
-                                   progress, cancel)
+            return jobs.run_refine(session.get_client(config, progress), req.mesh, clicks,
+                                   str(req.job_dir / "refine"), progress, cancel)
 
         def apply(result):
             _say(api.apply_part(req, result, group, soft))
@@ -194,16 +234,17 @@ class BSB_OT_shape_to_image(MeshOperator, bpy.types.Operator):
         obj = context.active_object
         try:
             _require_image(s)
-            selected = api.selected_vertices(obj).tolist()
-            if not selected:
+            selected = api.selected_vertices(obj)
+            if not selected.size:
                 raise InputError("Select vertices of the part (Edit Mode) first.")
             req = api.begin(obj, s.image)
         except EngineError as exc:
             return _fail(self, exc)
+        _warn(self, req)
         config = session.engine_config()
 
         def work(progress, cancel):
-            return jobs.run_shape_to_image(session.get_client(config), req.mesh, req.image_path, selected,
+            return jobs.run_shape_to_image(session.get_client(config, progress), req.mesh, req.image_path, selected,
                                            str(req.job_dir / "shape"), progress, cancel)
 
         def done(found, error):
@@ -233,10 +274,11 @@ class BSB_OT_match_all(MeshOperator, bpy.types.Operator):
             req = api.begin(context.active_object, s.image)
         except EngineError as exc:
             return _fail(self, exc)
-        prefix, max_regions, config = s.group_name, s.max_regions, session.engine_config()
+        _warn(self, req)
+        prefix, max_regions, config = s.group_name.strip() or "BSB", s.max_regions, session.engine_config()
 
         def work(progress, cancel):
-            return jobs.run_match_all(session.get_client(config), req.mesh, req.image_path, str(req.job_dir / "all"),
+            return jobs.run_match_all(session.get_client(config, progress), req.mesh, req.image_path, str(req.job_dir / "all"),
                                       max_regions, progress, cancel)
 
         def apply(regions):
@@ -260,15 +302,16 @@ class BSB_OT_assign_material(MeshOperator, bpy.types.Operator):
     def execute(self, context):
         s = context.scene.bsb
         obj = context.active_object
-        if not (0 <= s.active_result < len(s.results)):
-            self.report({"ERROR"}, "No result selected: match a part first.")
+        item = _target(context, obj)
+        if item is None:
+            self.report({"ERROR"}, f"No result of '{obj.name}' is selected in the list: match a part first.")
             return {"CANCELLED"}
-        group = s.results[s.active_result].name
+        group = item.name
         color = None
         if s.material is None and s.color_from_image and s.image is not None:
             from . import meshio
 
-            color = meshio.part_color(s.image, api.part_mask_for(obj.name, group))
+            color = meshio.part_color(s.image, api.part_mask_for(obj.name, group, context.scene))
         try:
             out = api.assign_material(obj, group, s.material, color)
         except EngineError as exc:

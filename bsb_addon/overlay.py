@@ -48,6 +48,11 @@ def show_result(object_name: str, vertex_mask: np.ndarray | None, part_mask: np.
     _tag_redraw()
 
 
+def on_file_load() -> None:
+    """What was drawn belongs to the previous file."""
+    _state.clear()
+
+
 def show_image_mask(part_mask: np.ndarray | None) -> None:
     if bpy.app.background:
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import api, session
+from . import api, feedback, session
 
 FIX_BUTTONS = {"RESTART": ("bsb.restart_engine", "FILE_REFRESH"), "PREFS": ("bsb.open_prefs", "PREFERENCES"),
                "SETUP": ("bsb.setup_engine", "IMPORT")}
@@ -31,11 +31,12 @@ def draw_job(layout, context) -> None:
         row.progress(text=f"{job.kind}: {job.message}", factor=job.fraction, type="BAR")
         row.operator("bsb.cancel_job", text="", icon="CANCEL")
     elif job.message:
-        layout.label(text=job.message, icon="INFO")
+        for i, line in enumerate(feedback.wrap(job.message, max_lines=4)):
+            layout.label(text=line, icon="INFO" if i == 0 else "BLANK1")
     if job.error:
         box = layout.box()
-        for line in job.error.splitlines()[:4]:
-            box.label(text=line, icon="ERROR")
+        for i, line in enumerate(feedback.wrap(job.error)):
+            box.label(text=line, icon="ERROR" if i == 0 else "BLANK1")
         if job.fix in FIX_BUTTONS:
             op, icon = FIX_BUTTONS[job.fix]
             box.operator(op, icon=icon)

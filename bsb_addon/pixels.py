@@ -74,3 +74,27 @@ def mask_to_rgba(mask: np.ndarray, color: tuple[float, float, float, float]) -> 
     out = np.zeros(mask.shape + (4,), dtype=np.float32)
     out[mask.astype(bool)] = color
     return np.ascontiguousarray(out[::-1])
+
+
+def pack_mask(mask: np.ndarray) -> str:
+    """An (H, W) bool mask as text for a string property: packed bits, zlib, base64 (a few KB per megapixel)."""
+    import base64
+    import zlib
+
+    return base64.b64encode(zlib.compress(np.packbits(np.asarray(mask, bool).ravel()).tobytes(), 6)).decode("ascii")
+
+
+def unpack_mask(text: str, width: int, height: int) -> np.ndarray | None:
+    """The inverse of pack_mask; None when the text is empty or does not fit the size."""
+    import base64
+    import binascii
+    import zlib
+
+    if not text or width <= 0 or height <= 0:
+        return None
+    try:
+        bits = np.frombuffer(zlib.decompress(base64.b64decode(text)), np.uint8)
+    except (binascii.Error, zlib.error, ValueError):
+        return None
+    flat = np.unpackbits(bits)[: width * height]
+    return flat.reshape(height, width).astype(bool) if flat.size == width * height else None

@@ -7,6 +7,8 @@ from pathlib import Path
 import bpy
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 
+from . import feedback
+
 
 class BSB_AddonPreferences(bpy.types.AddonPreferences):
     bl_idname = __package__
@@ -20,7 +22,8 @@ class BSB_AddonPreferences(bpy.types.AddonPreferences):
         description="Python 3.10+ used to create the engine venv; empty uses Blender's own Python",
     )
     models_dir: StringProperty(name="Models folder", subtype="DIR_PATH",
-                               description="Folder with the SAM and DINOv2 checkpoints; empty uses the add-on's folder")
+                               description="Folder with the SAM checkpoints; empty uses the one the engine's command "
+                                           "line uses ($BSB_MODELS_DIR or ~/.cache/bsb/models), kept on uninstall")
     device: EnumProperty(name="Device", default="AUTO", items=[
         ("AUTO", "Auto", "CUDA, then MPS, then CPU"), ("CPU", "CPU", ""), ("CUDA", "CUDA", "NVIDIA GPU"),
         ("MPS", "MPS", "Apple GPU")])
@@ -56,8 +59,48 @@ class BSB_AddonPreferences(bpy.types.AddonPreferences):
             layout.label(text=job.engine_info, icon="INFO")
         if job.error:
             box = layout.box()
-            for line in job.error.splitlines()[:6]:
+            for line in feedback.wrap(job.error, 90, 8):
                 box.label(text=line)
+        draw_models(layout.box())
+
+
+def draw_models(layout) -> None:
+    """Each profile's weight files with sizes; Download (with consent) and progress with Cancel."""
+    from . import ops_models, session
+
+    row = layout.row()
+    row.label(text="Models", icon="FILE_FOLDER")
+    row.operator("bsb.models_refresh", text="", icon="FILE_REFRESH")
+    layout.label(text=f"Folder (shared with the engine's CLI): {session.models_folder()}")
+    if not bpy.app.online_access:
+        layout.label(text="Online access is off (Preferences > System): downloads are disabled", icon="INTERNET_OFFLINE")
+    listing = ops_models.listing()
+    if listing["loading"]:
+        layout.label(text="Reading the engine's model list...")
+    if listing["error"]:
+        for line in feedback.wrap(listing["error"], 90, 3):
+            layout.label(text=line, icon="ERROR")
+    state = ops_models.download_state()
+    if ops_models.downloading():
+        row = layout.row(align=True)
+        row.progress(text=state["message"], factor=state["fraction"])
+        row.operator("bsb.models_cancel", text="", icon="CANCEL")
+    elif state.get("error"):
+        layout.label(text=state["error"][:200], icon="ERROR")
+    elif state.get("message"):
+        layout.label(text=state["message"], icon="INFO")
+    for profile in (listing["data"] or {}).get("profiles", []):
+        col = layout.column(align=True)
+        head = col.row()
+        head.label(text=f"{profile['name']}: {profile['description']}")
+        missing = [f for f in profile["files"] if not f["present"]]
+        if missing and not ops_models.downloading():
+            size = sum(f["size_mb"] for f in missing)
+            head.operator("bsb.models_download", text=f"Download ({size} MB)", icon="IMPORT").profile = profile["name"]
+        for f in profile["files"]:
+            size = f" ~{f['size_mb']} MB" if f["size_mb"] else ""
+            col.label(text=f"    {f['part']}: {f['id']}{size} - {f['where']}",
+                      icon="CHECKMARK" if f["present"] else "CANCEL")
 
 
 classes = (BSB_AddonPreferences,)

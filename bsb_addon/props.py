@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, FloatVectorProperty,
-                       IntProperty, PointerProperty, StringProperty)
+                       IntProperty, IntVectorProperty, PointerProperty, StringProperty)
 
 
 class BSB_PG_click(bpy.types.PropertyGroup):
@@ -25,6 +25,12 @@ class BSB_PG_result(bpy.types.PropertyGroup):
     reason: StringProperty()
     random_weights: BoolProperty(description="Made with random weights: a plumbing check, not a real answer")
     refine_clicks: StringProperty(description="JSON list of [vertex, positive] clicks used to refine this part")
+    # Provenance, saved with the .blend: what made this part, so it can be understood (or redone) later.
+    image: StringProperty(description="Reference image (name and file) the part was matched on")
+    image_clicks: StringProperty(description="JSON list of [u, v, positive] clicks on the image (view coordinates)")
+    engine: StringProperty(description="JSON: engine version, profile, device and model ids")
+    part_mask: StringProperty(description="The image part as zlib-compressed, base64 packed bits (W x H)")
+    part_mask_size: IntVectorProperty(size=2, description="Width and height of the image part mask")
 
 
 class BSB_PG_settings(bpy.types.PropertyGroup):
@@ -32,7 +38,9 @@ class BSB_PG_settings(bpy.types.PropertyGroup):
     clicks: CollectionProperty(type=BSB_PG_click)
     use_box: BoolProperty(name="Box", description="Also send the dragged box to the engine")
     box: FloatVectorProperty(size=4, description="Dragged box u0, v0, u1, v1 (normalised, bottom-left origin)")
-    group_name: StringProperty(name="Group", default="Part", description="Vertex group (and attribute) to write")
+    group_name: StringProperty(name="Group", default="",
+                               description="Vertex group (and attribute) to write; empty makes a new 'Part N' each "
+                                           "time, a name you type replaces that group")
     soft_weights: BoolProperty(name="Soft weights", description="Write the engine's weights instead of 0/1")
     min_confidence: FloatProperty(name="Min confidence", min=0.0, max=1.0, default=0.0,
                                   description="Below this the engine answers 'no corresponding part'")

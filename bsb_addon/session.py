@@ -8,17 +8,15 @@ never fire) the same job runs synchronously on the calling thread.
 from __future__ import annotations
 
 import queue
-import shutil
 import tempfile
 import threading
-import time
-import uuid
 from pathlib import Path
 from typing import Callable
 
 import bpy
 
-from .engine_client import EngineClient, EngineConfig, EngineError
+from . import paths
+from .engine_client import EngineCancelled, EngineClient, EngineConfig, EngineError, ProgressFn
 
 ADDON = __package__
 
@@ -39,14 +37,8 @@ def user_dir(sub: str) -> Path:
 
 
 def new_job_dir() -> Path:
-    """A fresh folder for one request's .npy files; all but the newest 20 are pruned so the folder does not grow forever."""
-    root = user_dir("jobs")
-    old = sorted(root.iterdir(), key=lambda p: p.stat().st_mtime)[:-20]
-    for path in old:
-        shutil.rmtree(path, ignore_errors=True)
-    path = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-    path.mkdir(parents=True)
-    return path
+    """A fresh folder for one request's .npy files; old ones of this process (and of finished ones) are pruned."""
+    return paths.new_job_dir(user_dir("jobs"))
 
 
 def preferences():
@@ -60,15 +52,21 @@ def engine_config() -> EngineConfig:
     cfg = EngineConfig(log_path=str(user_dir("logs") / "engine.log"), workdir=str(user_dir("jobs")))
     if prefs is not None:
         cfg.python = bpy.path.abspath(prefs.engine_python) if prefs.engine_python else ""
-        cfg.models = bpy.path.abspath(prefs.models_dir) if prefs.models_dir else str(user_dir("models"))
+        cfg.models = str(models_folder())
         cfg.device = prefs.device.lower()
         cfg.profile = prefs.profile.lower()
         cfg.cache = str(user_dir("cache"))
     return cfg
 
 
+def models_folder() -> Path:
+    """One folder for the add-on and the engine's CLI, outside the extension (kept on uninstall)."""
+    prefs = preferences()
+    return paths.models_dir(bpy.path.abspath(prefs.models_dir) if prefs is not None and prefs.models_dir else "")
+
+
 # -- the engine process ----------------------------------------------------------------------------
-def get_client(config: EngineConfig | None = None) -> EngineClient:
+def get_client(config: EngineConfig | None = None, progress: ProgressFn | None = None) -> EngineClient:
     """The running engine, started (or restarted after a crash) on demand.
 
     Off the main thread pass `config` (made on the main thread by `engine_config()`): it reads bpy.
@@ -78,6 +76,8 @@ def get_client(config: EngineConfig | None = None) -> EngineClient:
         return _client
     if _client is not None:
         _client.kill()
+    if progress is not None:
+        progress(0.0, "starting the engine (loading torch and the models)")
     client = EngineClient(config if config is not None else engine_config())
     client.start()
     _client = client
@@ -114,9 +114,12 @@ def busy() -> bool:
     return bool(_job) and not _job.get("done", False)
 
 
-def cancel_job() -> None:
+def cancel_job(reason: str = "") -> None:
+    """Ask the running job to stop; `reason` (a file load) also means its result must never be written."""
     if _job:
         _job["cancel"].set()
+        if reason:
+            _job["orphaned"] = reason
 
 
 Work = Callable[[Callable[[float, str], None], Callable[[], bool]], object]
@@ -136,62 +139,93 @@ def run_job(kind: str, work: Work, done: Done) -> None:
     state = bpy.context.window_manager.bsb_job
     state.busy, state.kind, state.fraction, state.message, state.error = True, kind, 0.0, "starting", ""
     state.fix = "NONE"
-    if bpy.app.background:
+    if bpy.app.background and not interactive():
         result, error = None, None
         try:
             result = work(lambda f, m: None, cancel.is_set)
         except Exception as exc:  # noqa: BLE001 - every failure reaches the caller as an error, not a crash
             error = exc
-        _finish(done, result, error)
+        _finish(_job, result, error)
         return
+    job = _job
 
     def thread_main() -> None:
         try:
-            result = work(lambda f, m: _events.put(("progress", f, m)), cancel.is_set)
-            _events.put(("done", result, None))
+            result = work(lambda f, m: _events.put((job, "progress", f, m)), cancel.is_set)
+            _events.put((job, "done", result, None))
         except Exception as exc:  # noqa: BLE001 - reported on the main thread
-            _events.put(("done", None, exc))
+            _events.put((job, "done", None, exc))
 
     threading.Thread(target=thread_main, name=f"bsb-{kind}", daemon=True).start()
-    if not bpy.app.timers.is_registered(_drain):
-        bpy.app.timers.register(_drain, first_interval=0.1)
+    ensure_timer()
 
 
-def _drain() -> float | None:
+def interactive() -> bool:
+    """The GUI path (worker thread + timer). Tests of the GUI path switch it on in background mode."""
+    return not bpy.app.background or _force_interactive
+
+
+_force_interactive = False
+
+
+def ensure_timer() -> None:
+    """Persistent: a file load must not drop the timer, or the job could never finish and the add-on stays busy."""
+    if not bpy.app.timers.is_registered(drain):
+        bpy.app.timers.register(drain, first_interval=0.1, persistent=True)
+
+
+def drain() -> float | None:
     """Timer callback (main thread): apply progress, finish the job when its result arrives."""
     state = bpy.context.window_manager.bsb_job
     try:
         while True:
-            event = _events.get_nowait()
-            if event[0] == "progress":
-                state.fraction, state.message = float(event[1]), str(event[2])[:200]
+            job, kind, *rest = _events.get_nowait()
+            if job is not _job:
+                continue  # a job from before a reload or unregister
+            if kind == "progress":
+                state.fraction, state.message = float(rest[0]), str(rest[1])[:200]
             else:
-                _finish(_job["callback"], event[1], event[2])
+                _finish(job, rest[0], rest[1])
                 _redraw()
                 return None
     except queue.Empty:
         pass
     _redraw()
-    return 0.1
+    return 0.1 if busy() else None
 
 
-def _finish(done: Done, result: object, error: Exception | None) -> None:
+def _finish(job: dict, result: object, error: Exception | None) -> None:
     from . import feedback
 
     state = bpy.context.window_manager.bsb_job
-    _job["done"] = True
+    job["done"] = True
     state.busy, state.fraction = False, 1.0 if error is None else state.fraction
+    orphaned = job.get("orphaned")
+    if orphaned:  # its objects belong to a file that is gone: nothing of it is written
+        result, error = None, EngineCancelled(f"'{job['kind']}' was cancelled because {orphaned}; run it again.")
     try:
         if error is None:
             state.message = "done"
-            done(result, None)
+            job["callback"](result, None)
         else:
             feedback.show_error(error)
-            done(None, error)
+            if not orphaned:
+                job["callback"](None, error)
     except Exception as exc:  # noqa: BLE001 - a failed write is shown, never half-applied silently
         feedback.show_error(exc)
     if not keep_alive():
         release()
+
+
+def on_file_load() -> None:
+    """load_post: the new file's window manager has fresh (or saved) job state; make it tell the truth."""
+    state = bpy.context.window_manager.bsb_job
+    state.busy = busy()
+    if busy():
+        state.kind, state.message = _job["kind"], "cancelling: a file was loaded"
+        ensure_timer()
+    elif not state.error:
+        state.message = ""
 
 
 def _redraw() -> None:
@@ -204,7 +238,9 @@ def _redraw() -> None:
 
 def shutdown_all() -> None:
     """unregister(): cancel the job and stop the engine."""
-    cancel_job()
+    global _job
+    cancel_job("the add-on was disabled")
     release()
-    if bpy.app.timers.is_registered(_drain):
-        bpy.app.timers.unregister(_drain)
+    _job = {}
+    if bpy.app.timers.is_registered(drain):
+        bpy.app.timers.unregister(drain)

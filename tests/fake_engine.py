@@ -4,7 +4,9 @@ Its answers follow a planted rule so tests know them by construction: a click in
 image (y < H/2, top-left origin) selects the vertices above the mesh's mid-height along its up axis,
 a click in the bottom half the ones below; a click in the leftmost tenth finds no part. Flags make it
 misbehave on purpose: --protocol N, --random-weights, --crash-on TYPE, --slow SECONDS, --ignore-cancel,
---die-at-start.
+--die-at-start, --hang-on TYPE (stop answering anything, status included), --no-id-on TYPE (answer that
+request with an error whose id is null, as the engine does for a line it cannot read). The hello also
+reports whether the client started it offline (BSB_OFFLINE).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def main() -> int:
     ap.add_argument("--slow", type=float, default=0.0)
     ap.add_argument("--ignore-cancel", action="store_true")
     ap.add_argument("--die-at-start", action="store_true")
+    ap.add_argument("--hang-on", default="")
+    ap.add_argument("--no-id-on", default="")
     args = ap.parse_args()
 
     if args.die_at_start:
@@ -46,7 +50,8 @@ def main() -> int:
             sys.stdout.flush()
 
     emit({"type": "hello", "protocol": args.protocol, "engine": "0.0-fake", "device": "cpu",
-          "device_name": "fake", "torch": "none", "profile": "fake", "random_weights": args.random_weights})
+          "device_name": "fake", "torch": "none", "profile": "fake", "random_weights": args.random_weights,
+          "offline": os.environ.get("BSB_OFFLINE") == "1"})
 
     meshes: dict[str, dict] = {}
     images: dict[str, tuple[int, int]] = {}
@@ -99,10 +104,7 @@ def main() -> int:
             clicks = req["clicks"]
             pos = [c[0] for c in clicks if c[1]]
             neg = [c[0] for c in clicks if not c[1]]
-            d_pos = np.min(np.linalg.norm(mesh["v"][:, None] - mesh["v"][pos][None], axis=2), axis=1)
-            d_neg = (np.min(np.linalg.norm(mesh["v"][:, None] - mesh["v"][neg][None], axis=2), axis=1)
-                     if neg else np.full(len(mesh["v"]), np.inf))
-            sel = d_pos < d_neg
+            sel = nearest_distance(mesh["v"], pos) < nearest_distance(mesh["v"], neg)
             return {**save(req["job_dir"], sel, None), "n_selected": int(sel.sum())}
         width, height = images[req["image_id"]]
         if kind == "match":
@@ -162,12 +164,20 @@ def main() -> int:
 
     threading.Thread(target=worker, daemon=True).start()
     for line in sys.stdin:
+        if state.get("hung"):
+            continue
         try:
             req = json.loads(line)
         except json.JSONDecodeError:
             emit({"type": "error", "id": None, "code": "bad_json", "message": "not JSON"})
             continue
         kind = req.get("type")
+        if kind and kind == args.hang_on:
+            state["hung"] = True
+            continue
+        if kind and kind == args.no_id_on:
+            emit({"type": "error", "id": None, "code": "too_large", "message": "request line over 1 MiB"})
+            continue
         if kind == "cancel":
             cancelled.add(req.get("job"))
             emit({"type": "result", "id": req["id"], "data": {"cancelled": True}})
@@ -181,6 +191,14 @@ def main() -> int:
         else:
             jobs.put(req)
     return 0
+
+
+def nearest_distance(v: np.ndarray, indices: list[int]) -> np.ndarray:
+    """Distance from every vertex to the nearest of `indices` (inf if none), one click at a time to stay small."""
+    best = np.full(len(v), np.inf)
+    for i in indices:
+        np.minimum(best, np.linalg.norm(v - v[i], axis=1), out=best)
+    return best
 
 
 def save(job_dir: str, sel: np.ndarray, part2d: np.ndarray | None) -> dict:

@@ -250,21 +250,27 @@ def test_refine_from_edit_mode_selection_and_match_all(scene):
     assert len(group_members(obj, "All top")) + len(group_members(obj, "All bottom")) == len(z)
 
 
-def test_modifiers_use_the_evaluated_mesh_only_when_vertex_count_matches(scene):
+def test_modifiers_send_the_evaluated_mesh_with_a_map_back_or_warn(scene):
     from bsb_addon import meshio
 
     obj, _ = scene
-    original, _ = meshio.read_mesh(obj)
+    original, _, copies, warning = meshio.read_mesh(obj)
+    assert copies is None and not warning
     obj.modifiers.new("sub", "SUBSURF")
-    dg = bpy.context.evaluated_depsgraph_get()
-    with_subsurf, _ = meshio.read_mesh(obj, dg)
-    assert np.allclose(with_subsurf, original)
+    with_subsurf, _, copies, warning = meshio.read_mesh(obj, bpy.context.evaluated_depsgraph_get())
+    assert len(with_subsurf) > len(original) and not warning
+    # Every base vertex has exactly one copy, at the index the map names.
+    assert sorted(copies[copies >= 0].tolist()) == list(range(len(original)))
+    assert not any(a.name.startswith("bsb_tmp") for a in obj.data.attributes)  # temporary layers removed
     obj.modifiers.clear()
     mod = obj.modifiers.new("push", "DISPLACE")
     mod.strength = 0.5
-    dg = bpy.context.evaluated_depsgraph_get()
-    displaced, _ = meshio.read_mesh(obj, dg)
-    assert displaced.shape == original.shape and not np.allclose(displaced, original)
+    displaced, _, copies, _ = meshio.read_mesh(obj, bpy.context.evaluated_depsgraph_get())
+    assert copies is None and displaced.shape == original.shape and not np.allclose(displaced, original)
+    obj.modifiers.clear()
+    obj.modifiers.new("dec", "DECIMATE").ratio = 0.3
+    base, _, copies, warning = meshio.read_mesh(obj, bpy.context.evaluated_depsgraph_get())
+    assert copies is None and np.allclose(base, original) and "WITHOUT its modifiers" in warning
 
 
 def test_real_engine_tiny_profile_end_to_end(scene):

@@ -7,6 +7,7 @@ Output goes to stdout (these commands never run inside `serve`).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -21,11 +22,14 @@ def add_commands(subparsers) -> None:
     verbs = models.add_subparsers(dest="models_command", required=True)
     p = verbs.add_parser("list", help="profiles and whether their weights are present")
     _folder(p)
+    p.add_argument("--json", action="store_true", help="one JSON object (files, sizes, presence) for programs")
     p.set_defaults(func=run_list)
     p = verbs.add_parser("fetch", help="download a profile's weights (resumable, verified)")
     p.add_argument("profile", choices=sorted(PROFILES))
     _folder(p)
     p.add_argument("--offline", action="store_true", help="only check; never download")
+    p.add_argument("--json", action="store_true",
+                   help="JSON lines for programs: the plan (files, sizes, paths to watch), then the outcome")
     p.set_defaults(func=run_fetch)
     p = subparsers.add_parser("doctor", help="device, versions, memory and model weights: what works here")
     _folder(p)
@@ -37,9 +41,32 @@ def _folder(p: argparse.ArgumentParser) -> None:
                    help="models folder (default: $BSB_MODELS_DIR or the user cache dir)")
 
 
+# Download sizes of the Hugging Face models (model.safetensors, rounded); the SAM sizes live in the store.
+DINO_SIZES_MB = {"facebook/dinov2-with-registers-base": 347, "facebook/dinov2-with-registers-large": 1217}
+
+
+def profile_files(profile, folder) -> list[dict]:
+    """Each weight file of a profile: what it is, where it goes, its size, whether it is here."""
+    from engine.models.store import SAM_CHECKPOINTS, profile_status
+
+    status = profile_status(profile, folder)
+    sam = SAM_CHECKPOINTS.get(profile.sam_type)
+    return [
+        {"part": "dino", "id": profile.dino_id, "present": status["dino"][0], "where": status["dino"][1],
+         "size_mb": 0 if profile.random_weights else DINO_SIZES_MB.get(profile.dino_id, 0)},
+        {"part": "sam", "id": profile.sam_checkpoint, "present": status["sam"][0], "where": status["sam"][1],
+         "size_mb": 0 if profile.random_weights or sam is None else sam.size_mb},
+    ]
+
+
 def run_list(args: argparse.Namespace) -> int:
     from engine.models.store import models_dir, profile_status
 
+    if args.json:
+        print(json.dumps({"folder": str(models_dir(args.models)), "profiles": [
+            {"name": p.name, "description": p.description, "random_weights": p.random_weights,
+             "files": profile_files(p, args.models)} for p in PROFILES.values()]}))
+        return 0
     print(f"models folder: {models_dir(args.models)}")
     for profile in PROFILES.values():
         print(f"\n{profile.name}: {profile.description}")
@@ -51,7 +78,14 @@ def run_list(args: argparse.Namespace) -> int:
 def run_fetch(args: argparse.Namespace) -> int:
     from engine.models.store import fetch_profile, models_dir
 
-    fetch_profile(PROFILES[args.profile], args.models, offline=True if args.offline else None)
+    profile = PROFILES[args.profile]
+    if args.json:  # the file being written is <where>.part: a caller watches its size for progress
+        missing = [f for f in profile_files(profile, args.models) if not f["present"]]
+        print(json.dumps({"event": "plan", "profile": profile.name, "files": missing}), flush=True)
+    fetch_profile(profile, args.models, offline=True if args.offline else None, progress=not args.json)
+    if args.json:
+        print(json.dumps({"event": "done", "profile": profile.name}), flush=True)
+        return 0
     print(f"{args.profile}: all weights present in {models_dir(args.models)} / the Hugging Face cache")
     return 0
 
