@@ -6,7 +6,7 @@ import sys
 
 import bpy
 
-from . import env_setup, feedback, prefs, session
+from . import env_setup, feedback, paths, prefs, session
 from .engine_client import EngineError
 
 
@@ -86,10 +86,37 @@ class BSB_OT_cancel_job(bpy.types.Operator):
 
 
 class BSB_OT_setup_engine(bpy.types.Operator):
-    """Create a Python environment for the engine and install it there (downloads torch, several GB)"""
+    """Create a Python environment for the engine and install it there (asks first: downloads torch)"""
 
     bl_idname = "bsb.setup_engine"
     bl_label = "Set Up Engine"
+
+    variant: bpy.props.EnumProperty(name="Torch", items=[
+        ("CUDA", "CUDA (NVIDIA GPU)", "Largest download (about 4.5 GB)"),
+        ("CPU", "CPU only", "About 1.2 GB; works everywhere"),
+        ("MPS", "Apple GPU (MPS)", "macOS on Apple silicon")])
+    index_url: bpy.props.StringProperty(name="Package index", description="Another package index (mirror); empty "
+                                        "uses PyPI and PyTorch's own index for the chosen torch")
+    wheels_dir: bpy.props.StringProperty(name="Local wheels", subtype="DIR_PATH",
+                                         description="Install only from this folder of .whl files (no network)")
+
+    def invoke(self, context, event):
+        self.variant = env_setup.default_variant()
+        return context.window_manager.invoke_props_dialog(self, width=520, title="Set up the BSB engine",
+                                                          confirm_text="Install")
+
+    def draw(self, context):
+        layout = self.layout
+        layout.prop(self, "variant")
+        layout.prop(self, "index_url")
+        layout.prop(self, "wheels_dir")
+        where = "the local wheels folder" if self.wheels_dir else f"about {env_setup.DOWNLOAD_MB[self.variant]} MB"
+        layout.label(text=f"Downloads {where}; installs into {paths.venv_dir()}", icon="INFO")
+        layout.label(text="An existing engine environment there is replaced. Model weights are separate "
+                          "(Preferences > Models).")
+        if not self.wheels_dir and not bpy.app.online_access:
+            layout.label(text="Online access is off: choose a local wheels folder or allow online access",
+                         icon="ERROR")
 
     def execute(self, context):
         p = session.preferences()
@@ -97,13 +124,20 @@ class BSB_OT_setup_engine(bpy.types.Operator):
         if p is None or source is None:
             self.report({"ERROR"}, "The engine source is not bundled with this add-on; reinstall the extension.")
             return {"CANCELLED"}
+        wheels = bpy.path.abspath(self.wheels_dir) if self.wheels_dir else ""
+        if not wheels and not bpy.app.online_access:
+            self.report({"ERROR"}, "Blender's 'Allow Online Access' is off (Preferences > System > Network): allow "
+                                   "it, or choose a folder of wheels to install from.")
+            return {"CANCELLED"}
         base = bpy.path.abspath(p.base_python) if p.base_python else sys.executable
-        venv_dir = session.user_dir("venv")
+        venv_dir = paths.venv_dir()
         log = session.user_dir("logs") / "setup.log"
+        variant, index_url = self.variant, self.index_url.strip()
         session.release()
+        p.engine_python = ""  # the old environment is replaced: never point at it half-way
 
         def work(progress, cancel):
-            return env_setup.run_setup(base, venv_dir, source, log, progress, cancel)
+            return env_setup.run_setup(base, venv_dir, source, log, progress, cancel, variant, index_url, wheels)
 
         def done(python, error):
             if error is None:

@@ -96,5 +96,6 @@ def unpack_mask(text: str, width: int, height: int) -> np.ndarray | None:
         bits = np.frombuffer(zlib.decompress(base64.b64decode(text)), np.uint8)
     except (binascii.Error, zlib.error, ValueError):
         return None
-    flat = np.unpackbits(bits)[: width * height]
-    return flat.reshape(height, width).astype(bool) if flat.size == width * height else None
+    if bits.size != (width * height + 7) // 8:
+        return None
+    return np.unpackbits(bits)[: width * height].reshape(height, width).astype(bool)

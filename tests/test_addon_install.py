@@ -94,6 +94,10 @@ def run_blender_script(script: Path, args: list[str], env: dict, cwd: Path) -> s
 def test_zip_layout(built):
     names = zipfile.ZipFile(built["zip"]).namelist()
     assert "blender_manifest.toml" in names and "__init__.py" in names
+    licence = zipfile.ZipFile(built["zip"]).read("LICENSE").decode()
+    assert "GNU GENERAL PUBLIC LICENSE" in licence and "Version 3, 29 June 2007" in licence
+    manifest = zipfile.ZipFile(built["zip"]).read("blender_manifest.toml").decode()
+    assert "network =" in manifest and "files =" in manifest
     assert "engine_src/pyproject.toml" in names and "engine_src/engine/__init__.py" in names
     assert not any("__pycache__" in n or n.startswith("bsb_addon/") for n in names)
 

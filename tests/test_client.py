@@ -190,3 +190,68 @@ def test_engine_setup_runs_its_steps_reports_failure_and_cancels(tmp_path):
         env_setup.run_setup(str(slow), tmp_path / "venv", src, tmp_path / "log.txt",
                             cancel=lambda: time.monotonic() - t0 > 0.3)
     assert time.monotonic() - t0 < 5
+
+
+def test_error_without_an_id_fails_the_waiting_request_at_once(tmp_path, scene):
+    mesh, image = scene
+    client = make_client(tmp_path, "--no-id-on", "refine")
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ec.EngineError, match="Select fewer vertices") as info:
+            jobs.run_refine(client, mesh, [(0, True)], str(tmp_path / "job"))
+        assert info.value.code == "too_large" and time.monotonic() - t0 < 5
+        assert client.alive  # the engine is fine; the next request works
+        assert jobs.prepare(client, mesh)["n_vertices"] == mesh.n_vertices
+    finally:
+        client.shutdown()
+
+
+def test_a_hung_engine_is_detected_by_a_status_ping_and_stopped(tmp_path, scene):
+    mesh, _ = scene
+    client = make_client(tmp_path, "--hang-on", "prepare")
+    client.config.idle_check, client.config.status_timeout = 0.3, 0.7
+    t0 = time.monotonic()
+    with pytest.raises(ec.EngineCrashed, match="stopped answering"):
+        jobs.prepare(client, mesh)
+    assert time.monotonic() - t0 < 5 and not client.alive
+
+
+def test_a_slow_but_alive_engine_is_not_mistaken_for_a_hung_one(tmp_path, scene):
+    mesh, _ = scene
+    client = make_client(tmp_path, "--slow", "1.5")
+    client.config.idle_check, client.config.status_timeout = 0.2, 1.0
+    try:
+        assert jobs.prepare(client, mesh)["n_vertices"] == mesh.n_vertices
+        with pytest.raises(ec.EngineError, match="within 0 min") as info:
+            client.request("prepare", timeout=0.3, mesh={"npy_vertices": mesh.vertices, "npy_faces": mesh.faces})
+        assert info.value.code == "timeout"
+    finally:
+        client.kill()
+
+
+def test_an_oversized_request_is_refused_before_it_is_sent(tmp_path, scene):
+    client = make_client(tmp_path)
+    try:
+        with pytest.raises(ec.EngineError, match="over the engine's 1 MiB limit") as info:
+            client.send("shape_to_image", vertices=list(range(300_000)))
+        assert info.value.code == "too_large" and not client._pending
+    finally:
+        client.shutdown()
+
+
+def test_offline_flag_reaches_the_engine(tmp_path):
+    client = make_client(tmp_path)
+    try:
+        assert client.hello["offline"] is True
+    finally:
+        client.shutdown()
+    py = tmp_path / "python"
+    py.write_text("")
+    assert "--offline" in ec.build_command(ec.EngineConfig(python=str(py)))
+
+
+def test_crash_message_shows_only_this_sessions_log_lines(tmp_path):
+    (tmp_path / "engine.log").write_text("old session: Traceback of yesterday\n")
+    with pytest.raises(ec.EngineMissing) as info:
+        make_client(tmp_path, "--die-at-start")
+    assert "No module named 'torch'" in str(info.value) and "yesterday" not in str(info.value)

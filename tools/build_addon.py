@@ -1,5 +1,5 @@
-"""Build the installable extension zip: bsb_addon/ and blender_manifest.toml at the zip's root, plus the
-engine source in engine_src/.
+"""Build the installable extension zip: bsb_addon/, blender_manifest.toml and LICENSE (GPL-3.0) at the
+zip's root, plus the engine source in engine_src/.
 
 The engine source rides along so "Set up engine" can pip-install it into its own venv (torch cannot be
 bundled). The staged tree is checked and zipped by Blender's own extension tool (blender_ext.py, shipped
@@ -38,6 +38,7 @@ def blender_ext() -> Path:
 def stage(dest: Path, with_engine: bool) -> None:
     shutil.copytree(ROOT / "bsb_addon", dest, ignore=IGNORE)
     shutil.copy2(ROOT / "blender_manifest.toml", dest / "blender_manifest.toml")
+    shutil.copy2(ROOT / "LICENSE", dest / "LICENSE")
     if with_engine:
         shutil.copytree(ROOT / "engine", dest / "engine_src" / "engine", ignore=IGNORE)
         shutil.copy2(ROOT / "pyproject.toml", dest / "engine_src" / "pyproject.toml")
