@@ -36,7 +36,7 @@ def show_error(error: Exception) -> None:
     state = bpy.context.window_manager.bsb_job
     state.busy = False
     if isinstance(error, EngineCancelled):
-        state.message, state.error, state.fix = "cancelled", "", "NONE"
+        state.message, state.error, state.fix = describe(error)[:200], "", "NONE"
         return
     text = describe(error)
     if getattr(error, "code", "") == "models_missing":
