@@ -38,7 +38,7 @@ def unregister() -> None:
     for handlers, fn in ((bpy.app.handlers.load_pre, _cancel_on_load), (bpy.app.handlers.load_post, _after_load)):
         if fn in handlers:
             handlers.remove(fn)
-    ops_models.cancel_download()
+    ops_models.cancel_download(unregistering=True)
     session.shutdown_all()
     overlay.unregister()
     props.unregister()

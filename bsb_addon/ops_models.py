@@ -132,7 +132,7 @@ def start_download(profile: str, config=None) -> None:
     _start_timer()
 
 
-def _finish_download() -> None:
+def _finish_download(relist: bool = True) -> None:
     proc = _download["proc"]
     _download["finished"] = True
     _download["log"].close()
@@ -145,10 +145,12 @@ def _finish_download() -> None:
         tail = path.read_text(errors="replace").strip().splitlines()[-1:] if path.is_file() else []
         _download["error"] = f"Download failed: {(tail or ['see ' + str(path)])[0][:300]}"
         _download["message"] = ""
-    refresh()
+    if relist:
+        refresh()
 
 
-def cancel_download() -> None:
+def cancel_download(unregistering: bool = False) -> None:
+    """Stop the download (the .part stays for a resume); on unregister also stop the progress timer."""
     if downloading():
         _download["cancelled"] = True
         _download["proc"].kill()
@@ -156,7 +158,9 @@ def cancel_download() -> None:
             _download["proc"].wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
-        _finish_download()
+        _finish_download(relist=not unregistering)
+    if unregistering and bpy.app.timers.is_registered(_poll_timer):
+        bpy.app.timers.unregister(_poll_timer)
 
 
 class BSB_OT_models_refresh(bpy.types.Operator):

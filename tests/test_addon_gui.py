@@ -316,6 +316,19 @@ def test_offline_weights_fail_fast_with_the_models_fix(addon, tmp_path, monkeypa
         assert "--offline" in ec.build_command(session.engine_config())
         assert job.fix == "PREFS" and "Models" in job.error, job.error
         assert not any((tmp_path / "m").rglob("*.part")) and not obj.vertex_groups
+        # The Models section lists the same folder (shared with the CLI) and what is missing, with sizes...
+        listing = ec.list_models(session.engine_config())
+        assert listing["folder"] == str(tmp_path / "m") == str(session.models_folder())
+        cpu = next(p for p in listing["profiles"] if p["name"] == "cpu")
+        assert [(f["part"], f["present"], f["size_mb"] > 0) for f in cpu["files"]] == [("dino", False, True),
+                                                                                     ("sam", False, True)]
+        # ...and downloads only when Blender allows online access (off in this session).
+        from bsb_addon import ops_models
+
+        assert not bpy.app.online_access
+        with pytest.raises(ec.EngineError, match="Allow Online Access"):
+            ops_models.start_download("cpu")
+        assert not ops_models.downloading()
     finally:
         session.release()
         prefs.engine_python, prefs.profile, prefs.device, prefs.models_dir = "", "CPU", "AUTO", ""
