@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -30,14 +31,14 @@ def test_next_free_name_never_reuses_a_taken_name():
 
 def test_spread_sample_keeps_small_selections_and_spreads_big_ones():
     rng = np.random.default_rng(0)
-    pos = rng.uniform(0, 1, (100_000, 3))
+    pos = rng.uniform(0, 1, (20_000, 3))
     small = np.array([5, 9, 11])
     assert np.array_equal(meshmath.spread_sample(small, pos, 256), small)
-    chosen = meshmath.spread_sample(np.arange(100_000), pos, 256)
+    chosen = meshmath.spread_sample(np.arange(20_000), pos, 256)
     assert len(chosen) == 256 and len(set(chosen.tolist())) == 256
     # Spread: every selected point lies near some chosen one (far better than the first 256 indices).
-    d = np.min(np.linalg.norm(pos[::97, None] - pos[chosen][None], axis=2), axis=1)
-    d_first = np.min(np.linalg.norm(pos[::97, None] - pos[:256][None], axis=2), axis=1)
+    d = np.min(np.linalg.norm(pos[::23, None] - pos[chosen][None], axis=2), axis=1)
+    d_first = np.min(np.linalg.norm(pos[::23, None] - pos[:256][None], axis=2), axis=1)
     assert d.max() < d_first.max()
 
 
@@ -135,3 +136,17 @@ def test_failed_setup_removes_the_half_made_venv(tmp_path):
     assert env_setup.run_setup(str(_fake_base_python(tmp_path, "nothing-fails")), venv, src,
                                tmp_path / "log.txt").endswith("bin/python")
     assert venv.is_dir() and time.monotonic() - t0 < 20
+
+
+def test_models_fetch_json_gives_a_plan_then_done(tmp_path, capsys):
+    """The machine-readable fetch the Models section runs (tiny: built locally, nothing to download)."""
+    import argparse
+
+    from engine.models.commands import add_commands
+
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["models", "fetch", "tiny", "--json", "--models", str(tmp_path)])
+    assert args.func(args) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [e["event"] for e in events] == ["plan", "done"] and events[0]["files"] == []
