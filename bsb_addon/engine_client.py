@@ -303,6 +303,8 @@ class EngineClient:
                 "Update the engine with 'Set up engine' (or the add-on) so both match."
             )
         self.hello = hello
+        if self.config.python and not self.config.command:
+            threading.Thread(target=self._read_model_ids, name="bsb-model-ids", daemon=True).start()
         return hello
 
     @property
@@ -314,16 +316,17 @@ class EngineClient:
         return bool(self.hello.get("random_weights", False))
 
     def models_of_profile(self) -> dict:
-        """{part: model id} of the running profile (from `models list`, asked once); {} when unknown."""
-        if self._models is None:
-            self._models = {}
-            try:
-                listing = list_models(self.config, timeout=60.0)
-                profile = next(p for p in listing["profiles"] if p["name"] == self.hello.get("profile"))
-                self._models = {f["part"]: f["id"] for f in profile["files"]}
-            except (EngineError, StopIteration, KeyError, ValueError, TypeError):
-                pass  # provenance is a record, not a requirement: a missing id never blocks a result
-        return self._models
+        """{part: model id} of the running profile, read by `models list` in the background after the
+        handshake (never delaying a result); {} until known or when unknown."""
+        return dict(self._models or {})
+
+    def _read_model_ids(self) -> None:
+        try:
+            listing = list_models(self.config, timeout=120.0)
+            profile = next(p for p in listing["profiles"] if p["name"] == self.hello.get("profile"))
+            self._models = {f["part"]: f["id"] for f in profile["files"]}
+        except (EngineError, StopIteration, KeyError, ValueError, TypeError):
+            pass  # provenance is a record, not a requirement: a missing id never blocks a result
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Ask politely, then kill: frees the engine's memory (models, caches)."""
