@@ -152,10 +152,15 @@ def prepare_mesh(mesh: Mesh, models: Models, settings: PrepareSettings, device: 
     start = time.monotonic()
     device = torch.device(device)
     key = mesh_cache_key(mesh, models, settings)
-    if cache is not None and (hit := cache.get("mesh", key)) is not None:
-        folder, _ = hit
-        dino = torch.from_numpy(np.load(folder / "dino.npy").astype(np.float32))
+    def load(folder: Path, meta: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+        dino = torch.from_numpy(np.load(folder / "dino.npy", allow_pickle=False).astype(np.float32))
         iseg = ISegModel.load(folder / "iseg.pt", device)
+        if dino.ndim != 2 or len(dino) != mesh.num_vertices or len(iseg.features) != mesh.num_vertices:
+            raise ValueError("the stored features do not fit this mesh")
+        return dino, iseg
+
+    if cache is not None and (hit := cache.load("mesh", key, load)) is not None:
+        dino, iseg = hit
         sam = iseg.features.float().cpu()  # the iSeg file carries the SAM field's vertex features
         if progress:
             progress(1.0, "loaded from the cache")
@@ -243,7 +248,7 @@ def prepare_image(image: ReferenceImage, models: Models, cache: Cache | None = N
                   progress: Progress | None = None, cancel: CancelCheck | None = None) -> PreparedImage:
     """DINO features and the SAM embedding of the working image, from the cache when possible."""
     key = make_key("image", image.content_hash, image.rgb.shape, models.ids)
-    if cache is not None and (hit := cache.get_arrays("image", key)) is not None:
+    if cache is not None and (hit := cache.get_arrays("image", key, ("dino", "sam"))) is not None:
         arrays, _ = hit
         return PreparedImage(image, torch.from_numpy(arrays["dino"]), torch.from_numpy(arrays["sam"]), key, True)
     if progress:
