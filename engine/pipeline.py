@@ -176,14 +176,14 @@ def prepare_mesh(mesh: Mesh, models: Models, settings: PrepareSettings, device: 
     return PreparedMesh(mesh, dino, sam, iseg, settings, key, False, time.monotonic() - start)
 
 
-def render_views(mesh: Mesh, n: int, size: int, mode: str):
+def render_views(mesh: Mesh, n: int, size: int, mode: str, cancel: CancelCheck | None = None):
     """Cameras, raster and shaded renders of `mesh`: what the teachers see."""
     from engine.cameras import sphere_views
     from engine.raster import rasterize
     from engine.shading import shade
 
     cameras = sphere_views(n, mode=mode, seed=0)
-    raster = rasterize(mesh.vertices, mesh.faces, cameras, size)
+    raster = rasterize(mesh.vertices, mesh.faces, cameras, size, cancel=cancel)
     return cameras, raster, shade(raster)
 
 
@@ -196,7 +196,7 @@ def _compute_mesh(mesh: Mesh, models: Models, settings: PrepareSettings, device:
     v, f = mesh.vertices, mesh.faces
     if progress:
         progress(0.0, f"rendering {settings.dino_views} views")
-    _, raster, images = render_views(mesh, settings.dino_views, settings.dino_size, "uniform")
+    _, raster, images = render_views(mesh, settings.dino_views, settings.dino_size, "uniform", cancel)
     _check(cancel)
     targets = teacher_targets(models.dino, images, progress=_stage(progress, 0.02, 0.15), cancel=cancel)
     config = _field_config(settings, targets.shape[1])
@@ -206,7 +206,7 @@ def _compute_mesh(mesh: Mesh, models: Models, settings: PrepareSettings, device:
 
     if progress:
         progress(0.4, f"rendering {settings.sam_views} views for SAM")
-    _, sam_raster, sam_images = render_views(mesh, settings.sam_views, settings.sam_size, "gaussian")
+    _, sam_raster, sam_images = render_views(mesh, settings.sam_views, settings.sam_size, "gaussian", cancel)
     embeddings = teacher_targets(models.sam.encode, sam_images, batch=2, progress=_stage(progress, 0.4, 0.6),
                                  cancel=cancel)
     config = _field_config(settings, embeddings.shape[1])

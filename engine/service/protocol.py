@@ -233,20 +233,25 @@ def request_id_of(obj: Any) -> str | None:
 def recover_id(line: bytes) -> str | None:
     """The top-level "id" string of a line that cannot be parsed (truncated, too large, too deep), found
     by scanning its first bytes, so a client waiting on that id gets its answer instead of waiting forever."""
-    tokens = [m.group() for m in _TOKEN.finditer(line[:ID_SCAN_BYTES])]
+    head = line[:ID_SCAN_BYTES]
+    matches = list(_TOKEN.finditer(head))
     depth = 0
-    for i, token in enumerate(tokens):
+    for i, m in enumerate(matches):
+        token = m.group()
         if token in (b"{", b"["):
             depth += 1
         elif token in (b"}", b"]"):
             depth -= 1
-        elif (depth == 1 and token == b'"id"' and tokens[i + 1:i + 2] == [b":"] and len(tokens) > i + 2
-              and tokens[i + 2].startswith(b'"')):
+        elif depth == 1 and token == b'"id"' and len(matches) > i + 2 and matches[i + 1].group() == b":":
+            value = matches[i + 2]
+            # the value must follow the colon directly: `"id": 5, "type"` has no id string
+            if not value.group().startswith(b'"') or head[matches[i + 1].end():value.start()].strip():
+                return None
             try:
-                value = json.loads(tokens[i + 2].decode("utf-8"))
+                text = json.loads(value.group().decode("utf-8"))
             except ValueError:
                 return None
-            return value if _str(value) else None
+            return text if _str(text) else None
     return None
 
 
