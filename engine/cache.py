@@ -313,7 +313,8 @@ class Cache:
                 np.save(folder / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
         return self.put(kind, key, write, meta)
 
-    def get_arrays(self, kind: str, key: str, names: tuple[str, ...] = ()) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    def get_arrays(self, kind: str, key: str,
+                   names: tuple[str, ...] = ()) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
         """Every .npy of an entry (never unpickled); `names` must all be present, else the entry is set aside."""
         def read(path: Path, meta: dict[str, Any]):
             arrays = {p.stem: np.load(p, allow_pickle=False) for p in path.glob("*.npy")}

@@ -55,7 +55,8 @@ def job_folder(value: str) -> Path:
         raise BsbError(f"job_dir {value!r} must be an absolute folder path", "bad_request")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        foreign = [p.name for p in folder.iterdir() if p.name != JOB_MARKER] if not (folder / JOB_MARKER).exists() else []
+        ours = (folder / JOB_MARKER).exists()
+        foreign = [] if ours else [p.name for p in folder.iterdir()]
         if foreign:
             raise BsbError(f"job_dir {folder} already holds files the engine did not write ({foreign[0]}, ...); "
                            "give a new or empty folder", "bad_request")
