@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from engine import __version__
-from engine.errors import BsbError
+from engine.errors import BsbError, os_reason
 
 EXIT_OK, EXIT_USER, EXIT_USAGE, EXIT_NO_PART = 0, 1, 2, 3
 PROFILES = ("cpu", "gpu", "tiny")
@@ -31,8 +31,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--models", type=Path, default=None, help="models folder (default: the model store's)")
     parser.add_argument("--cache", type=Path, default=None, help="cache folder (default: $BSB_CACHE_DIR or ~/.cache/bsb/cache)")
+    _cache_limit(parser)
     parser.add_argument("--offline", action="store_true", default=None,
                         help="never download model weights (also: BSB_OFFLINE=1)")
+
+
+def _cache_limit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-limit", default=None, metavar="SIZE",
+                        help="cache size limit, e.g. 500M or 20G (default: $BSB_CACHE_LIMIT or 8G)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("list", "clear"))
     p.add_argument("--kind", default=None, help="only entries of this kind (e.g. mesh, image)")
     p.add_argument("--cache", type=Path, default=None)
+    _cache_limit(p)
 
     p = sub.add_parser("demo", help="the bundled demo: one click on a reference image -> a mesh part")
     p.add_argument("--out", type=Path, default=Path("out/demo"))
@@ -122,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BsbError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_USER
+    except OSError as exc:  # an I/O problem no check caught: one line naming the path, no traceback
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: cannot read or write{where}: {os_reason(exc)}", file=sys.stderr)
+        return EXIT_USER
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -136,21 +147,34 @@ def _protect():
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from engine.service.protocol import Channel
+    from engine.service.protocol import Channel, FdReader
 
     proto = args.proto or _protect()
     from engine.service import jobs, server
 
     state = jobs.EngineState(_session(args))
-    return server.serve(jobs.make_handlers(state), jobs.hello(state), sys.stdin.buffer, Channel(proto),
+    return server.serve(jobs.make_handlers(state), jobs.hello(state), FdReader(sys.stdin.fileno()), Channel(proto),
                         status=lambda: jobs.status(state))
+
+
+def _open_cache(args: argparse.Namespace):
+    """The cache of `--cache`/`--cache-limit` (or their environment defaults), its leftovers swept."""
+    from engine.cache import Cache, parse_size
+
+    limit = None if args.cache_limit is None else parse_size(args.cache_limit, "--cache-limit")
+    cache = Cache(args.cache, max_bytes=limit)
+    cache.remove_leftovers()
+    return cache
 
 
 def _session(args: argparse.Namespace):
     from engine.pipeline import Session
 
-    return Session(profile=args.profile, device=args.device, models_dir=args.models, cache_dir=args.cache,
-                   offline=args.offline)
+    cache = _open_cache(args)
+    session = Session(profile=args.profile, device=args.device, models_dir=args.models, cache_dir=cache.root,
+                      offline=args.offline)
+    session.cache = cache
+    return session
 
 
 def _tqdm_progress(label: str):
@@ -176,7 +200,7 @@ def _warn_random(state) -> None:
 
 def _load_prepared(state, mesh_path: Path, up: str):
     from engine.mesh import load_mesh
-    from engine.service.jobs import require_file
+    from engine.service.inputs import require_file
 
     mesh = load_mesh(require_file(mesh_path, "mesh"), up=up)
     progress = _tqdm_progress("prepare")
@@ -200,20 +224,24 @@ def _match(args: argparse.Namespace) -> int:
     from engine import results
     from engine.images import load_image
     from engine.preview import save_png
-    from engine.service.jobs import require_file
+    from engine.service.inputs import check_query, require_file
 
-    points = [tuple(p) for p in args.pixel] + [tuple(p) for p in args.negative]
+    points = [list(p) for p in args.pixel] + [list(p) for p in args.negative]
     labels = [1] * len(args.pixel) + [0] * len(args.negative)
     if not points and args.box is None:
         raise BsbError("give at least one --pixel X Y (or a --box); see `python -m engine match --help`")
+    _check_outputs(args)
+    require_file(args.mesh, "mesh")
+    image = load_image(require_file(args.image, "image"))
+    points, labels, box, min_confidence = check_query(points, labels, args.box, args.min_confidence,
+                                                      image.original_size)
     state = _session(args)
     _warn_random(state)
-    image = load_image(require_file(args.image, "image"))
     mesh, prepared = _load_prepared(state, args.mesh, args.up)
     progress = _tqdm_progress("match")
     try:
         pimage = state.set_image(image, progress=progress)
-        match = state.match(prepared, pimage, points, labels, box=args.box, min_confidence=args.min_confidence,
+        match = state.match(prepared, pimage, points, labels, box=box, min_confidence=min_confidence,
                             progress=progress)
     finally:
         progress.close()
@@ -233,9 +261,11 @@ def _match(args: argparse.Namespace) -> int:
 def _segment(args: argparse.Namespace) -> int:
     from engine import results
 
-    clicks = [(abs(v), v >= 0) for v in args.click] + [(w, False) for w in args.neg]
-    if not any(positive for _, positive in clicks):
-        raise BsbError("give at least one positive --click V (a vertex index)")
+    from engine.service.inputs import check_clicks, require_file
+
+    clicks = check_clicks([(abs(v), v >= 0) for v in args.click] + [(w, False) for w in args.neg])
+    _check_outputs(args)
+    require_file(args.mesh, "mesh")
     state = _session(args)
     _warn_random(state)
     mesh, prepared = _load_prepared(state, args.mesh, args.up)
@@ -253,10 +283,17 @@ def _segment(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cache(args: argparse.Namespace) -> int:
-    from engine.cache import Cache
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every output path writable before any work starts: a long match must not end unwritable."""
+    from engine.service.inputs import require_writable
 
-    cache = Cache(args.cache)
+    for flag in ("out", "ply", "preview"):
+        if getattr(args, flag) is not None:
+            require_writable(getattr(args, flag), f"--{flag}")
+
+
+def _cache(args: argparse.Namespace) -> int:
+    cache = _open_cache(args)
     if args.action == "clear":
         print(f"removed {cache.clear(args.kind)} entries from {cache.root}")
         return EXIT_OK

@@ -148,8 +148,8 @@ def train_field(
     views = [v for v in views if v.cells.numel() > 0]
     if not views:
         raise BsbError(
-            "no rendered view covers a feature-grid cell well enough to learn from; check that the cameras "
-            "see the mesh or lower min_cell_coverage",
+            "the mesh covers too little of every rendered view to learn from (it may be only a few thin faces, "
+            "or a small part far from the rest); check for stray geometry and that the faces have area",
             "bad_array",
         )
     field = FeatureField(field_config, seed=config.seed)

@@ -41,3 +41,13 @@ class Cancelled(BsbError):
 
     def __init__(self, message: str = "cancelled by the user") -> None:
         super().__init__(message)
+
+
+def os_reason(exc: OSError) -> str:
+    """The human part of an OSError ('Permission denied'), whatever raised it."""
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def io_error(exc: OSError, verb: str, what: str, path: object, hint: str, code: str = "not_found") -> BsbError:
+    """An OSError as a message naming the path and what to do ("cannot read image file X: ...; ...")."""
+    return BsbError(f"cannot {verb} {what} {path}: {os_reason(exc)}; {hint}", code)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from engine.errors import ImageError
+from engine.errors import ImageError, os_reason
 
 DEFAULT_MAX_SIDE = 2048
 EXR_MAGIC = b"\x76\x2f\x31\x01"
@@ -79,10 +79,16 @@ def image_from_array(rgb: np.ndarray, max_side: int = DEFAULT_MAX_SIDE) -> Refer
 def load_image(path: str | Path, max_side: int = DEFAULT_MAX_SIDE) -> ReferenceImage:
     """Read PNG/JPEG/TIFF/WebP/EXR (8/16-bit, float, grey, RGBA, palette), apply EXIF orientation."""
     path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"image path {path} is a folder, not a file; give the image file itself")
     if not path.is_file():
         raise ImageError(f"image file not found: {path}", code="not_found")
-    with open(path, "rb") as fh:
-        head = fh.read(4)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise ImageError(f"cannot read image file {path}: {os_reason(exc)}; check that it is readable",
+                         code="not_found") from None
     if head == EXR_MAGIC:
         return image_from_array(_read_exr(path), max_side)
     try:

@@ -14,9 +14,10 @@ from typing import Sequence
 
 import numpy as np
 
-from engine.errors import MeshError
+from engine.errors import MeshError, os_reason
 
 UP_AXES = ("y", "z")
+OUTLIER_FACTOR = 4.0  # a used vertex this many 99th-percentile distances from the median is a stray
 MESH_SUFFIXES = (".obj", ".ply", ".off", ".glb", ".gltf", ".stl")
 
 # Source -> internal rotation. "z": (x, y, z) -> (x, z, -y), a right-handed rotation about +X.
@@ -30,9 +31,9 @@ _ROTATIONS = {
 class Mesh:
     """A triangle mesh normalised into the unit sphere (+Y up), with the way back to the source frame."""
 
-    vertices: np.ndarray  # (V, 3) float32, max |v| == 1
+    vertices: np.ndarray  # (V, 3) float32; the framing vertices (`frame`) fill the unit sphere, strays may lie outside
     faces: np.ndarray  # (F, 3) int32
-    center: np.ndarray  # (3,) float64, bounding-box centre in the source frame
+    center: np.ndarray  # (3,) float64, bounding-box centre of the framing vertices in the source frame
     scale: float  # source units per internal unit
     up: str  # the source's up axis, "y" or "z"
     face_source: np.ndarray | None = None  # (F,) int64: input polygon each triangle comes from
@@ -65,12 +66,8 @@ def mesh_from_arrays(vertices, faces, up: str = "z") -> Mesh:
     verts = _check_vertices(vertices)
     tris, source = _triangulate(faces, len(verts))
     digest = _hash_geometry(verts, tris, up)
-    center = (verts.min(axis=0) + verts.max(axis=0)) / 2.0
-    centred = verts - center
-    scale = float(np.sqrt((centred**2).sum(axis=1)).max())
-    if not np.isfinite(scale) or scale <= 0.0:
-        raise MeshError("all vertices are at the same point; the mesh has no extent to segment")
-    internal = (centred @ _ROTATIONS[up].T) / scale
+    center, scale = frame(verts, tris)
+    internal = ((verts - center) @ _ROTATIONS[up].T) / scale
     keep = _non_degenerate(internal, tris)
     if not keep.any():
         raise MeshError("every face is degenerate (repeated vertex or zero area); the mesh has no surface to render")
@@ -85,23 +82,46 @@ def mesh_from_arrays(vertices, faces, up: str = "z") -> Mesh:
     )
 
 
+def frame(vertices: np.ndarray, tris: np.ndarray) -> tuple[np.ndarray, float]:
+    """Centre and scale of the unit-sphere frame: the bounding box of the vertices the faces use, leaving out
+    strays (vertices farther from the median than OUTLIER_FACTOR times the 99th percentile distance).
+
+    Why: the frame decides what every rendered view shows. One stray vertex far away (or an unreferenced
+    one) would shrink the real surface to a few pixels; left outside the sphere, it still gets a value."""
+    used = vertices[np.unique(tris)]
+    distance = np.linalg.norm(used - np.median(used, axis=0), axis=1)
+    typical = float(np.percentile(distance, 99))
+    core = used[distance <= OUTLIER_FACTOR * typical] if typical > 0 else used
+    center = (core.min(axis=0) + core.max(axis=0)) / 2.0
+    scale = float(np.linalg.norm(core - center, axis=1).max())
+    if not np.isfinite(scale) or scale <= 0.0:
+        raise MeshError("all vertices of the faces are at the same point; the mesh has no extent to segment")
+    return center, scale
+
+
 def load_mesh(path: str | Path, up: str = "y") -> Mesh:
     """Load OBJ/PLY/OFF/GLB/GLTF/STL keeping the file's own vertex list (positions only).
 
     OBJ and OFF are parsed here so faces keep the file's order (per-face label files index them).
     """
     path = Path(path)
+    if path.is_dir():
+        raise MeshError(f"mesh path {path} is a folder, not a file; give the mesh file itself")
     if not path.is_file():
         raise MeshError(f"mesh file not found: {path}", code="not_found")
     suffix = path.suffix.lower()
     if suffix not in MESH_SUFFIXES:
         raise MeshError(f"unsupported mesh format {suffix or '(none)'!r} for {path.name}; use one of {', '.join(MESH_SUFFIXES)}")
-    if suffix == ".obj":
-        vertices, faces = _read_obj(path)
-    elif suffix == ".off":
-        vertices, faces = _read_off(path)
-    else:
-        vertices, faces = _read_with_trimesh(path)
+    try:
+        if suffix == ".obj":
+            vertices, faces = _read_obj(path)
+        elif suffix == ".off":
+            vertices, faces = _read_off(path)
+        else:
+            vertices, faces = _read_with_trimesh(path)
+    except OSError as exc:
+        raise MeshError(f"cannot read mesh file {path}: {os_reason(exc)}; check that it is readable",
+                        code="not_found") from None
     return mesh_from_arrays(vertices, faces, up=up)
 
 
@@ -184,8 +204,9 @@ def _non_degenerate(vertices: np.ndarray, tris: np.ndarray) -> np.ndarray:
 
 def _hash_geometry(vertices: np.ndarray, tris: np.ndarray, up: str) -> str:
     digest = hashlib.sha256()
-    digest.update(f"bsb-mesh-v1|up={up}|V={len(vertices)}|T={len(tris)}|".encode())
-    digest.update(np.ascontiguousarray(vertices, dtype="<f4").tobytes())
+    # The source coordinates in full (float64): float32 would hide a real edit far from the origin.
+    digest.update(f"bsb-mesh-v2|up={up}|V={len(vertices)}|T={len(tris)}|".encode())
+    digest.update(np.ascontiguousarray(vertices, dtype="<f8").tobytes())
     digest.update(np.ascontiguousarray(tris, dtype="<i4").tobytes())
     return digest.hexdigest()
 
@@ -210,6 +231,9 @@ def _read_obj(path: Path) -> tuple[np.ndarray, list[Sequence[int]]]:
                     except ValueError:
                         raise MeshError(f"{path.name} line {line_no}: bad face index {token!r}") from None
                     # OBJ is 1-based; negative indices count back from the vertices read so far.
+                    if index == 0:
+                        raise MeshError(f"{path.name} line {line_no}: face index 0 is not valid in OBJ "
+                                        "(indices start at 1); re-export the file")
                     poly.append(index - 1 if index > 0 else len(vertices) + index)
                 polys.append(poly)
     if not vertices:
@@ -251,8 +275,12 @@ def _read_with_trimesh(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
     try:
         loaded = trimesh.load(str(path), process=False, force="scene")
-    except Exception as exc:  # trimesh raises many types for malformed files
-        raise MeshError(f"could not read {path.name}: {exc}") from None
+    except OSError:
+        raise
+    except Exception as exc:  # trimesh raises many types for malformed files, some with bare messages
+        raise MeshError(f"could not read {path} as a {path.suffix.lower().lstrip('.').upper()} file "
+                        f"({type(exc).__name__}: {exc}); the file may be damaged or in another format; "
+                        "re-export it (OBJ, PLY or GLB)") from None
     verts, faces, offset = [], [], 0
     for node in loaded.graph.nodes_geometry:
         transform, name = loaded.graph[node]

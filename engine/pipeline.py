@@ -152,10 +152,15 @@ def prepare_mesh(mesh: Mesh, models: Models, settings: PrepareSettings, device: 
     start = time.monotonic()
     device = torch.device(device)
     key = mesh_cache_key(mesh, models, settings)
-    if cache is not None and (hit := cache.get("mesh", key)) is not None:
-        folder, _ = hit
-        dino = torch.from_numpy(np.load(folder / "dino.npy").astype(np.float32))
+    def load(folder: Path, meta: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+        dino = torch.from_numpy(np.load(folder / "dino.npy", allow_pickle=False).astype(np.float32))
         iseg = ISegModel.load(folder / "iseg.pt", device)
+        if dino.ndim != 2 or len(dino) != mesh.num_vertices or len(iseg.features) != mesh.num_vertices:
+            raise ValueError("the stored features do not fit this mesh")
+        return dino, iseg
+
+    if cache is not None and (hit := cache.load("mesh", key, load)) is not None:
+        dino, iseg = hit
         sam = iseg.features.float().cpu()  # the iSeg file carries the SAM field's vertex features
         if progress:
             progress(1.0, "loaded from the cache")
@@ -171,14 +176,14 @@ def prepare_mesh(mesh: Mesh, models: Models, settings: PrepareSettings, device: 
     return PreparedMesh(mesh, dino, sam, iseg, settings, key, False, time.monotonic() - start)
 
 
-def render_views(mesh: Mesh, n: int, size: int, mode: str):
+def render_views(mesh: Mesh, n: int, size: int, mode: str, cancel: CancelCheck | None = None):
     """Cameras, raster and shaded renders of `mesh`: what the teachers see."""
     from engine.cameras import sphere_views
     from engine.raster import rasterize
     from engine.shading import shade
 
     cameras = sphere_views(n, mode=mode, seed=0)
-    raster = rasterize(mesh.vertices, mesh.faces, cameras, size)
+    raster = rasterize(mesh.vertices, mesh.faces, cameras, size, cancel=cancel)
     return cameras, raster, shade(raster)
 
 
@@ -191,7 +196,7 @@ def _compute_mesh(mesh: Mesh, models: Models, settings: PrepareSettings, device:
     v, f = mesh.vertices, mesh.faces
     if progress:
         progress(0.0, f"rendering {settings.dino_views} views")
-    _, raster, images = render_views(mesh, settings.dino_views, settings.dino_size, "uniform")
+    _, raster, images = render_views(mesh, settings.dino_views, settings.dino_size, "uniform", cancel)
     _check(cancel)
     targets = teacher_targets(models.dino, images, progress=_stage(progress, 0.02, 0.15), cancel=cancel)
     config = _field_config(settings, targets.shape[1])
@@ -201,7 +206,7 @@ def _compute_mesh(mesh: Mesh, models: Models, settings: PrepareSettings, device:
 
     if progress:
         progress(0.4, f"rendering {settings.sam_views} views for SAM")
-    _, sam_raster, sam_images = render_views(mesh, settings.sam_views, settings.sam_size, "gaussian")
+    _, sam_raster, sam_images = render_views(mesh, settings.sam_views, settings.sam_size, "gaussian", cancel)
     embeddings = teacher_targets(models.sam.encode, sam_images, batch=2, progress=_stage(progress, 0.4, 0.6),
                                  cancel=cancel)
     config = _field_config(settings, embeddings.shape[1])
@@ -243,7 +248,7 @@ def prepare_image(image: ReferenceImage, models: Models, cache: Cache | None = N
                   progress: Progress | None = None, cancel: CancelCheck | None = None) -> PreparedImage:
     """DINO features and the SAM embedding of the working image, from the cache when possible."""
     key = make_key("image", image.content_hash, image.rgb.shape, models.ids)
-    if cache is not None and (hit := cache.get_arrays("image", key)) is not None:
+    if cache is not None and (hit := cache.get_arrays("image", key, ("dino", "sam"))) is not None:
         arrays, _ = hit
         return PreparedImage(image, torch.from_numpy(arrays["dino"]), torch.from_numpy(arrays["sam"]), key, True)
     if progress:

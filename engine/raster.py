@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numba
 import numpy as np
 import torch
 
 from engine.cameras import Camera, stack_cameras
-from engine.errors import BsbError, MeshError
+from engine.errors import BsbError, Cancelled, MeshError
 
 BACKENDS = ("auto", "numba", "torch")
 NEAR = 1e-3  # faces with a vertex closer than this to the camera plane are skipped (no clipping)
@@ -47,10 +48,12 @@ def rasterize(
     backend: str = "auto",
     cull_backfaces: bool = False,
     device: str | torch.device | None = None,
+    cancel: Callable[[], bool] | None = None,
 ) -> Raster:
     """Rasterize a triangle mesh from each camera.
 
     `backend="auto"` uses torch when `device` (or a torch `vertices` tensor) is a GPU, numba otherwise.
+    `cancel` is polled between views (a hundred views of a million faces take tens of seconds).
     """
     height = width if height is None else height
     if backend not in BACKENDS:
@@ -68,8 +71,8 @@ def rasterize(
     if backend == "auto":
         backend = "torch" if device.type != "cpu" else "numba"
     if backend == "numba":
-        return _rasterize_numba(verts, tris, matrices, eyes, focal, width, height, cull_backfaces)
-    return _rasterize_torch(verts, tris, matrices, eyes, focal, width, height, cull_backfaces, device)
+        return _rasterize_numba(verts, tris, matrices, eyes, focal, width, height, cull_backfaces, cancel)
+    return _rasterize_torch(verts, tris, matrices, eyes, focal, width, height, cull_backfaces, device, cancel)
 
 
 def face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -193,14 +196,24 @@ def _numba_views(verts, tris, normals, matrices, eyes, focal, width, height, nea
                 out_normal[b, j, i, 2] = s * nz
 
 
-def _rasterize_numba(verts, tris, matrices, eyes, focal, width, height, cull) -> Raster:
+def _rasterize_numba(verts, tris, matrices, eyes, focal, width, height, cull, cancel) -> Raster:
     out = _empty(matrices, height, width)
     normals = face_normals(verts, tris)
-    _numba_views(
-        verts, tris, normals, matrices, eyes, focal, width, height, NEAR, cull,
-        out.face_id, out.bary, out.depth, out.normal,
-    )
+    # One batch of views per round of threads, so a cancel is seen within about one view's time.
+    step = max(1, numba.get_num_threads())
+    for s in range(0, len(matrices), step):
+        _check(cancel)
+        e = s + step
+        _numba_views(
+            verts, tris, normals, matrices[s:e], eyes[s:e], focal[s:e], width, height, NEAR, cull,
+            out.face_id[s:e], out.bary[s:e], out.depth[s:e], out.normal[s:e],
+        )
     return out
+
+
+def _check(cancel: Callable[[], bool] | None) -> None:
+    if cancel is not None and cancel():
+        raise Cancelled()
 
 
 # ----------------------------------------------------------------------------------------------- torch
@@ -208,13 +221,14 @@ def _rasterize_numba(verts, tris, matrices, eyes, focal, width, height, cull) ->
 FRAGMENT_BUDGET = 1 << 22  # candidate (face, pixel) pairs per chunk: bounds the torch backend's memory
 
 
-def _rasterize_torch(verts, tris, matrices, eyes, focal, width, height, cull, device) -> Raster:
+def _rasterize_torch(verts, tris, matrices, eyes, focal, width, height, cull, device, cancel) -> Raster:
     dt = torch.float64 if device.type != "mps" else torch.float32
     v = torch.as_tensor(verts, dtype=dt, device=device)
     f = torch.as_tensor(tris, dtype=torch.long, device=device)
     fn = torch.as_tensor(face_normals(verts, tris), dtype=dt, device=device)
     out = _empty(matrices, height, width)
     for b in range(len(matrices)):
+        _check(cancel)
         m = torch.as_tensor(matrices[b], dtype=dt, device=device)
         eye = torch.as_tensor(eyes[b], dtype=dt, device=device)
         fid, bary, depth, normal = _torch_view(v, f, fn, m, eye, float(focal[b]), width, height, cull)

@@ -6,11 +6,14 @@ in the original image's pixels. A result made with random weights is labelled as
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from engine.bsb.result import MatchResult
+from engine.errors import io_error
 from engine.mesh import Mesh
 
 PART_COLOR = (235, 110, 40)
@@ -29,10 +32,16 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return mask[rows][:, cols]
 
 
-def _parent(path: Path) -> Path:
+@contextmanager
+def _writing(path: Path) -> Iterator[Path]:
+    """Create the folder of `path` and turn any I/O failure while writing it into a message naming it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield path
+    except OSError as exc:
+        raise io_error(exc, "write", "result file", path, "pick a writable folder with free space",
+                       "bad_request") from None
 
 
 def match_arrays(match: MatchResult, n_vertices: int, original_size: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -55,30 +64,30 @@ def match_arrays(match: MatchResult, n_vertices: int, original_size: tuple[int, 
 
 def write_match_npz(path: Path, match: MatchResult, n_vertices: int, original_size: tuple[int, int],
                     random_weights: bool) -> Path:
-    path = _parent(path)
     arrays = match_arrays(match, n_vertices, original_size)
-    np.savez_compressed(
-        path, **arrays, found=np.bool_(match.found), confidence=np.float32(match.confidence),
-        scores=np.array([match.confidence], np.float32),
-        winner_vertex=np.int64(-1 if match.winner_vertex is None else match.winner_vertex),
-        winner_pixel=np.array(match.winner_pixel if match.winner_pixel is not None else (np.nan, np.nan), np.float32),
-        reason=np.str_(match.reason or ""), random_weights=np.bool_(random_weights))
+    with _writing(path) as path:
+        np.savez_compressed(
+            path, **arrays, found=np.bool_(match.found), confidence=np.float32(match.confidence),
+            scores=np.array([match.confidence], np.float32),
+            winner_vertex=np.int64(-1 if match.winner_vertex is None else match.winner_vertex),
+            winner_pixel=np.array(match.winner_pixel if match.winner_pixel is not None else (np.nan, np.nan),
+                                  np.float32),
+            reason=np.str_(match.reason or ""), random_weights=np.bool_(random_weights))
     return path
 
 
 def write_segment_npz(path: Path, weights: np.ndarray, mask: np.ndarray, clicks: list[tuple[int, bool]],
                       random_weights: bool) -> Path:
-    path = _parent(path)
-    np.savez_compressed(path, weights=np.asarray(weights, np.float32), mask=np.asarray(mask, bool),
-                        scores=np.asarray(weights, np.float32),
-                        clicks=np.array([[v, int(p)] for v, p in clicks], np.int64).reshape(-1, 2),
-                        random_weights=np.bool_(random_weights))
+    with _writing(path) as path:
+        np.savez_compressed(path, weights=np.asarray(weights, np.float32), mask=np.asarray(mask, bool),
+                            scores=np.asarray(weights, np.float32),
+                            clicks=np.array([[v, int(p)] for v, p in clicks], np.int64).reshape(-1, 2),
+                            random_weights=np.bool_(random_weights))
     return path
 
 
 def write_colored_ply(path: Path, mesh: Mesh, mask: np.ndarray | None, color=PART_COLOR, base=BASE_COLOR) -> Path:
     """Binary PLY of the mesh in its source frame, the selected vertices in `color`, the rest in `base`."""
-    path = _parent(path)
     n = mesh.num_vertices
     colors = np.tile(np.array(base, np.uint8), (n, 1))
     if mask is not None:
@@ -94,7 +103,7 @@ def write_colored_ply(path: Path, mesh: Mesh, mask: np.ndarray | None, color=PAR
               f"element vertex {n}\nproperty float x\nproperty float y\nproperty float z\n"
               "property uchar red\nproperty uchar green\nproperty uchar blue\n"
               f"element face {mesh.num_faces}\nproperty list uchar int vertex_indices\nend_header\n")
-    with open(path, "wb") as fh:
+    with _writing(path) as path, open(path, "wb") as fh:
         fh.write(header.encode("ascii"))
         fh.write(vertex.tobytes())
         fh.write(face.tobytes())

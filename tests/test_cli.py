@@ -57,7 +57,7 @@ def test_user_errors_exit_1_with_one_line(dirs, capsys):
     assert main(["match", str(dirs / "mug.ply"), str(dirs / "ref.png"), "--out", str(dirs / "o.npz"), *common(dirs)]) == 1
     one_line_error(capsys, "--pixel")
     assert main(["segment", str(dirs / "mug.ply"), "--neg", "3", "--out", str(dirs / "o.npz"), *common(dirs)]) == 1
-    one_line_error(capsys, "positive --click")
+    one_line_error(capsys, "positive click")
 
 
 def test_match_segment_and_cache_commands(dirs, capsys):

@@ -105,6 +105,9 @@ def _step(progress: Progress, cancel: Cancel, fraction: float, message: str) -> 
         progress(fraction, message)
 
 
+COARSE_TOLERANCE = 8.0  # pixel footprints from a vertex to its click pixel when no vertex is nearer than one
+
+
 def collect_samples(vertices: np.ndarray, faces: np.ndarray, raster, view_segmenter, config: ISegConfig,
                     rng: np.random.Generator, progress: Progress = None, cancel: Cancel = None) -> ClickSamples:
     """Steps 1-3: click vertices, their sites and the segmenter's masks for single and second clicks."""
@@ -112,9 +115,12 @@ def collect_samples(vertices: np.ndarray, faces: np.ndarray, raster, view_segmen
     k = int(np.clip(round(config.click_fraction * n_vertices), min(config.min_clicks, n_vertices), config.max_clicks))
     click_vertices = farthest_point_sampling(vertices, k)
     sites = find_click_sites(vertices, faces, raster, click_vertices)
+    if len(sites) == 0:  # a few large faces (one triangle, a quad): every vertex is a silhouette corner
+        sites = find_click_sites(vertices, faces, raster, click_vertices, tolerance=COARSE_TOLERANCE)
     sites = cap_views_per_vertex(sites, config.views_per_click, rng)
     if len(sites) == 0:
-        raise BsbError("no vertex is visible in the rendered views; check the mesh and the views", "bad_mesh")
+        raise BsbError("no vertex of the mesh can be clicked in any rendered view: its faces cover too little "
+                       "of the views; check that the mesh has visible faces (not only edges or points)", "bad_mesh")
     face_id = np.asarray(raster.face_id)
     covered = _covered(face_id)
     nbytes = (max(len(c) for c in covered) + 7) // 8

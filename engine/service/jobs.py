@@ -14,9 +14,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from engine.errors import BsbError, NotFoundError
+from engine.errors import BsbError, NotFoundError, io_error
 from engine.pipeline import PreparedImage, PreparedMesh, Session
 from engine.service import protocol
+from engine.service.inputs import check_clicks, check_query, job_folder, require_file
 from engine.service.server import Handler
 
 
@@ -27,13 +28,6 @@ class EngineState:
     session: Session
     meshes: dict[str, PreparedMesh] = field(default_factory=dict)
     images: dict[str, PreparedImage] = field(default_factory=dict)
-
-
-def require_file(path: str | Path, what: str) -> Path:
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise NotFoundError(f"{what} file {path} does not exist; check the path")
-    return path
 
 
 def hello(state: EngineState) -> dict[str, Any]:
@@ -51,7 +45,9 @@ def load_npy(path: str, what: str, ndim_cols: int, kinds: str) -> np.ndarray:
     file = require_file(path, what)
     try:
         array = np.load(file, allow_pickle=False)
-    except (ValueError, OSError) as exc:
+    except OSError as exc:
+        raise io_error(exc, "read", what, file, "check that it is readable") from None
+    except (ValueError, EOFError) as exc:
         raise BsbError(f"{what} {file} is not a readable .npy array ({exc}); save it with numpy.save",
                        "bad_array") from None
     if array.ndim != 2 or array.shape[1] != ndim_cols or array.dtype.kind not in kinds:
@@ -60,22 +56,23 @@ def load_npy(path: str, what: str, ndim_cols: int, kinds: str) -> np.ndarray:
     return array
 
 
-def job_folder(request: dict[str, Any]) -> Path:
-    folder = Path(request["job_dir"]).expanduser()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BsbError(f"cannot create job folder {folder}: {exc.strerror}; pick a writable folder",
-                       "bad_request") from None
-    return folder
-
-
 def _save(folder: Path, name: str, array: np.ndarray | None) -> str | None:
     if array is None:
         return None
     path = folder / f"{name}.npy"
-    np.save(path, np.ascontiguousarray(array), allow_pickle=False)
+    try:
+        np.save(path, np.ascontiguousarray(array), allow_pickle=False)
+    except OSError as exc:
+        raise io_error(exc, "write", "result file", path, "pick a writable job_dir with free space",
+                       "bad_request") from None
     return str(path)
+
+
+def _with_warnings(session: Session, data: dict[str, Any]) -> dict[str, Any]:
+    """A result plus the cache's warnings of this job (a result that could not be stored is still a result)."""
+    if session.cache is not None and (warnings := session.cache.take_warnings()):
+        data["warning"] = "; ".join(warnings)
+    return data
 
 
 def _mesh(state: EngineState, request: dict[str, Any]) -> PreparedMesh:
@@ -125,9 +122,10 @@ def make_handlers(state: EngineState) -> dict[str, Handler]:
         prepared = session.prepare(mesh, progress, cancel)
         mesh_id = f"mesh-{prepared.key[:16]}"
         state.meshes[mesh_id] = prepared
-        return {"mesh_id": mesh_id, "cached": prepared.cached, "n_vertices": mesh.num_vertices,
-                "n_faces": mesh.num_faces, "seconds": round(time.monotonic() - start, 3),
-                "name": request.get("name", "")}
+        return _with_warnings(session, {
+            "mesh_id": mesh_id, "cached": prepared.cached, "n_vertices": mesh.num_vertices,
+            "n_faces": mesh.num_faces, "seconds": round(time.monotonic() - start, 3),
+            "name": request.get("name", "")})
 
     def set_image(request: dict[str, Any], progress: Callable, cancel: Callable) -> dict[str, Any]:
         from engine.images import load_image
@@ -137,30 +135,28 @@ def make_handlers(state: EngineState) -> dict[str, Handler]:
         image_id = f"image-{prepared.key[:16]}"
         state.images[image_id] = prepared
         W, H = image.original_size
-        return {"image_id": image_id, "width": W, "height": H, "cached": prepared.cached}
+        return _with_warnings(session, {"image_id": image_id, "width": W, "height": H, "cached": prepared.cached})
 
     def match(request: dict[str, Any], progress: Callable, cancel: Callable) -> dict[str, Any]:
         mesh, image = _mesh(state, request), _image(state, request)
-        W, H = image.image.original_size
-        for x, y in request["points"]:
-            if not (0 <= x <= W and 0 <= y <= H):
-                raise BsbError(f"point ({x}, {y}) lies outside the {W}x{H} image; send original-image pixels",
-                               "bad_request")
-        folder = job_folder(request)
-        result = session.match(mesh, image, request["points"], request["labels"], request.get("box"),
-                               request.get("min_confidence"), progress, cancel)
+        points, labels, box, min_confidence = check_query(
+            request["points"], request["labels"], request.get("box"), request.get("min_confidence"),
+            image.image.original_size)
+        folder = job_folder(request["job_dir"])
+        result = session.match(mesh, image, points, labels, box, min_confidence, progress, cancel)
         return _match_data(result, folder, "", mesh.mesh.num_vertices, image.image.original_size)
 
     def refine(request: dict[str, Any], progress: Callable, cancel: Callable) -> dict[str, Any]:
         mesh = _mesh(state, request)
-        folder = job_folder(request)
-        weights, mask = session.refine(mesh, [(int(v), bool(p)) for v, p in request["clicks"]])
+        clicks = check_clicks(request["clicks"])
+        folder = job_folder(request["job_dir"])
+        weights, mask = session.refine(mesh, clicks)
         return {"weights": _save(folder, "weights", weights), "mask": _save(folder, "vertex_mask", mask),
                 "n_selected": int(mask.sum())}
 
     def match_all(request: dict[str, Any], progress: Callable, cancel: Callable) -> dict[str, Any]:
         mesh, image = _mesh(state, request), _image(state, request)
-        folder = job_folder(request)
+        folder = job_folder(request["job_dir"])
         results = session.match_all(mesh, image, request.get("max_regions"), progress, cancel)
         regions = []
         for i, result in enumerate(results):
@@ -171,7 +167,7 @@ def make_handlers(state: EngineState) -> dict[str, Handler]:
 
     def shape_to_image(request: dict[str, Any], progress: Callable, cancel: Callable) -> dict[str, Any]:
         mesh, image = _mesh(state, request), _image(state, request)
-        folder = job_folder(request)
+        folder = job_folder(request["job_dir"])
         region = session.shape_to_image(mesh, image, request["vertices"], progress, cancel)
         return {"found": region.found, "pixel": None if region.pixel is None else [float(c) for c in region.pixel],
                 "mask": _save(folder, "image_mask", region.mask), "confidence": round(region.confidence, 6),

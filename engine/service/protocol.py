@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import threading
 from typing import Any, BinaryIO, Callable, TextIO
@@ -17,10 +18,55 @@ from engine.errors import BsbError, ProtocolError
 
 PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 1 << 20
+MAX_DEPTH = 32  # no request nests deeper than 4; a deeper line is refused before json sees it
+MAX_NUMBER_CHARS = 40  # no request needs a longer number; Python would spend quadratic time on 5000 digits
+ID_SCAN_BYTES = 4096  # how far into an unreadable line the request id is looked for
+
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}:]')
 
 
 class LineTooLong(BsbError):
     code = "too_large"
+
+    def __init__(self, message: str, head: bytes = b"") -> None:
+        super().__init__(message)
+        self.head = head  # the line's start, where its id can still be found
+
+
+class FdReader:
+    """`readline(limit)` straight from a file descriptor, for the reader thread.
+
+    A daemon thread blocked in a buffered stdin holds that buffer's lock; when the engine exits while the
+    client still holds stdin open, Python aborts at shutdown ("_enter_buffered_busy"). os.read holds no
+    Python-level lock, so the blocked reader simply ends with the process.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buf = bytearray()
+        self._eof = False
+
+    def readline(self, limit: int = -1) -> bytes:
+        scanned = 0
+        while True:
+            end = self._buf.find(b"\n", scanned)
+            if end >= 0:
+                n = end + 1
+            elif limit >= 0 and len(self._buf) >= limit:
+                n = limit
+            elif self._eof:
+                n = len(self._buf)
+            else:
+                scanned = len(self._buf)
+                chunk = os.read(self._fd, 1 << 16)
+                if not chunk:
+                    self._eof = True
+                self._buf += chunk
+                continue
+            n = n if limit < 0 else min(n, limit)
+            line = bytes(self._buf[:n])
+            del self._buf[:n]
+            return line
 
 
 def protect_stdout() -> TextIO:
@@ -67,6 +113,7 @@ def read_line(stream: BinaryIO, limit: int = MAX_LINE_BYTES) -> bytes | None:
         return None
     if line.endswith(b"\n") or len(line) <= limit:  # a whole line, or the last one without a newline
         return line.rstrip(b"\r\n")
+    head = line[:ID_SCAN_BYTES]
     size = len(line)
     while not line.endswith(b"\n"):
         line = stream.readline(1 << 16)
@@ -74,7 +121,7 @@ def read_line(stream: BinaryIO, limit: int = MAX_LINE_BYTES) -> bytes | None:
             break
         size += len(line)
     raise LineTooLong(f"request line of {size} bytes is over the {limit} byte limit; "
-                      "pass large arrays as .npy files instead of inline JSON")
+                      "pass large arrays as .npy files instead of inline JSON", head)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -183,18 +230,77 @@ def request_id_of(obj: Any) -> str | None:
     return None
 
 
+def recover_id(line: bytes) -> str | None:
+    """The top-level "id" string of a line that cannot be parsed (truncated, too large, too deep), found
+    by scanning its first bytes, so a client waiting on that id gets its answer instead of waiting forever."""
+    head = line[:ID_SCAN_BYTES]
+    matches = list(_TOKEN.finditer(head))
+    depth = 0
+    for i, m in enumerate(matches):
+        token = m.group()
+        if token in (b"{", b"["):
+            depth += 1
+        elif token in (b"}", b"]"):
+            depth -= 1
+        elif depth == 1 and token == b'"id"' and len(matches) > i + 2 and matches[i + 1].group() == b":":
+            value = matches[i + 2]
+            # the value must follow the colon directly: `"id": 5, "type"` has no id string
+            if not value.group().startswith(b'"') or head[matches[i + 1].end():value.start()].strip():
+                return None
+            try:
+                text = json.loads(value.group().decode("utf-8"))
+            except ValueError:
+                return None
+            return text if _str(text) else None
+    return None
+
+
+def _depth(line: bytes) -> int:
+    """How deep the brackets of a line nest (outside strings)."""
+    depth = deepest = 0
+    for m in _TOKEN.finditer(line):
+        token = m.group()
+        if token in (b"{", b"["):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in (b"}", b"]"):
+            depth -= 1
+    return deepest
+
+
+def _bounded(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        if len(text) > MAX_NUMBER_CHARS:
+            raise ValueError(f"a number of {len(text)} characters is longer than any request needs "
+                             f"(at most {MAX_NUMBER_CHARS})")
+        return kind(text)
+    return parse
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number; send finite numbers only")
+
+
+def decode_json(line: bytes) -> Any:
+    """Strict JSON with bounded nesting and number sizes; raises ProtocolError(bad_json)."""
+    if _depth(line) > MAX_DEPTH:
+        raise ProtocolError(f"request nests deeper than {MAX_DEPTH} levels; no request needs that", "bad_json")
+    try:
+        return json.loads(line.decode("utf-8"), parse_int=_bounded(int), parse_float=_bounded(float),
+                          parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(f"request is not valid JSON ({exc}); send one JSON object per line", "bad_json")
+
+
 def parse_request(line: bytes) -> dict[str, Any]:
     """Decode and check one request line; raises ProtocolError (code bad_json / bad_request) naming the field."""
-    try:
-        obj = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"request is not valid JSON ({exc}); send one JSON object per line", "bad_json")
+    obj = decode_json(line)
     if not isinstance(obj, dict):
         raise ProtocolError("a request must be a JSON object with 'id' and 'type'", "bad_json")
     if not _str(obj.get("id")):
         raise ProtocolError("request has no 'id' string; every request needs a unique id")
     kind = obj.get("type")
-    if kind not in SCHEMAS:
+    if not isinstance(kind, str) or kind not in SCHEMAS:
         raise ProtocolError(f"unknown request type {kind!r}; known types: {', '.join(SCHEMAS)}")
     for field, (check, what, required) in SCHEMAS[kind].items():
         if field not in obj:

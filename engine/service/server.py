@@ -17,7 +17,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Mapping
 
-from engine.errors import BsbError, Cancelled, ProtocolError
+from engine.errors import BsbError, Cancelled, ProtocolError, os_reason
 from engine.service import protocol
 from engine.service.protocol import Channel
 
@@ -108,6 +108,11 @@ def _run_job(job: _Job, handler: Handler, channel: Channel) -> dict[str, Any]:
     except BsbError as exc:
         _log(f"{kind} {job.id} failed ({exc.code}): {exc.message}")
         return protocol.error(job.id, exc.code, exc.message, traceback.format_exc())
+    except OSError as exc:  # an I/O problem no check caught: say which path, keep serving
+        text = traceback.format_exc()
+        _log(f"{kind} {job.id} failed on I/O:\n{text}")
+        where = f" ({exc.filename})" if exc.filename else ""
+        return protocol.error(job.id, "internal", f"cannot read or write a file{where}: {os_reason(exc)}", text)
     except Exception as exc:  # a bug: report it and keep serving
         text = traceback.format_exc()
         _log(f"{kind} {job.id} crashed:\n{text}")
@@ -121,18 +126,12 @@ def _read_loop(state: _State, handlers: Mapping[str, Handler], stdin: BinaryIO, 
             try:
                 line = protocol.read_line(stdin)
             except protocol.LineTooLong as exc:
-                channel.send(protocol.error(None, exc.code, exc.message))
+                channel.send(protocol.error(protocol.recover_id(exc.head), exc.code, exc.message))
                 continue
             if line is None:
                 break
-            if not line.strip():
-                continue
-            try:
-                request = protocol.parse_request(line)
-            except ProtocolError as exc:
-                channel.send(protocol.error(_id_in(line), exc.code, exc.message))
-                continue
-            _dispatch(state, handlers, request, channel, status, max_queue)
+            if line.strip():
+                _answer(state, handlers, line, channel, status, max_queue)
     except Exception:  # stdin broke: behave as at EOF rather than leaving the job loop waiting forever
         _log("reading requests failed:\n" + traceback.format_exc())
     with state.cond:
@@ -140,11 +139,19 @@ def _read_loop(state: _State, handlers: Mapping[str, Handler], stdin: BinaryIO, 
         state.cond.notify_all()
 
 
-def _id_in(line: bytes) -> str | None:
+def _answer(state: _State, handlers: Mapping[str, Handler], line: bytes, channel: Channel,
+            status: Callable[[], dict[str, Any]], max_queue: int) -> None:
+    """Check one request line and queue or answer it; whatever the line holds, the reader survives it."""
     try:
-        return protocol.request_id_of(json.loads(line))
-    except ValueError:
-        return None
+        request = protocol.parse_request(line)
+    except ProtocolError as exc:
+        channel.send(protocol.error(protocol.recover_id(line), exc.code, exc.message))
+        return
+    except Exception as exc:  # a bug in the checks: answer this line, keep reading the next ones
+        _log("checking a request failed:\n" + traceback.format_exc())
+        channel.send(protocol.error(protocol.recover_id(line), "internal", f"{type(exc).__name__}: {exc}"))
+        return
+    _dispatch(state, handlers, request, channel, status, max_queue)
 
 
 def _dispatch(state: _State, handlers: Mapping[str, Handler], request: dict[str, Any], channel: Channel,
