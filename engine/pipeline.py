@@ -33,7 +33,7 @@ class PrepareSettings:
 
     dino_views: int = 100  # renders for the DINO field (uniform on the sphere)
     dino_size: int = 224
-    sam_views: int = 24  # renders whose SAM embeddings teach the SAM field and train iSeg (front-biased)
+    sam_views: int = 24  # renders whose SAM embeddings teach the SAM field and train iSeg (uniform on the sphere)
     sam_size: int = 512
     field_width: int = 256
     field_depth: int = 4
@@ -44,7 +44,7 @@ class PrepareSettings:
     sam_steps: int | None = None
     iseg: dict[str, Any] = field(default_factory=dict)  # passed to the iSeg trainer's config
     k: int = 100  # BSB candidates
-    max_prompts: int | None = 16  # BSB candidate pixels re-segmented by SAM per click (None: all, as the paper)
+    max_prompts: int | None = None  # cap on the candidate pixels SAM re-segments per click (None: all, as the paper)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -201,7 +201,9 @@ def _compute_mesh(mesh: Mesh, models: Models, settings: PrepareSettings, device:
 
     if progress:
         progress(0.4, f"rendering {settings.sam_views} views for SAM")
-    _, sam_raster, sam_images = render_views(mesh, settings.sam_views, settings.sam_size, "gaussian")
+    # Uniform, not the reference's front-biased sampling: with few views, the gaussian ones leave the back
+    # of the mesh unseen and its vertices unclickable for the iSeg data (bench/sweep.py).
+    _, sam_raster, sam_images = render_views(mesh, settings.sam_views, settings.sam_size, "uniform")
     embeddings = teacher_targets(models.sam.encode, sam_images, batch=2, progress=_stage(progress, 0.4, 0.6),
                                  cancel=cancel)
     config = _field_config(settings, embeddings.shape[1])
@@ -327,8 +329,13 @@ def match_all(prepared: PreparedMesh, image: PreparedImage, models: Models, max_
 
 
 def shape_to_image(prepared: PreparedMesh, image: PreparedImage, models: Models, vertices: list[int],
-                   progress: Progress | None = None, cancel: CancelCheck | None = None) -> ImageRegion:
-    """The image region corresponding to a set of mesh vertices (their iSeg part)."""
+                   progress: Progress | None = None, cancel: CancelCheck | None = None,
+                   rule: str = "paper") -> ImageRegion:
+    """The image region corresponding to a set of mesh vertices (their iSeg part).
+
+    rule "paper": the paper's symmetric BSB (candidates re-segmented by iSeg, ranked by 3D IoU with the
+    part); "buddies": the earlier relaxed test (see engine.bsb.shape_to_image).
+    """
     from engine.bsb.shape_to_image import shape_to_image as bsb_shape_to_image
     from engine.results import resize_mask
 
@@ -337,8 +344,8 @@ def shape_to_image(prepared: PreparedMesh, image: PreparedImage, models: Models,
     part[list(vertices)] = True
     part |= np.asarray(prepared.iseg.predict([(int(v), True) for v in vertices])) >= 0.5
     segmenter, grid = _bsb_inputs(prepared, image, models)
-    result = bsb_shape_to_image(segmenter, grid, prepared.dino, list(vertices), part, k=prepared.settings.k,
-                                scale=image.image.scale, progress=progress, cancel=cancel)
+    result = bsb_shape_to_image(segmenter, grid, prepared.dino, list(vertices), part, seed=_seed(prepared), rule=rule,
+                                k=prepared.settings.k, scale=image.image.scale, progress=progress, cancel=cancel)
     mask = None if result.part_mask is None else resize_mask(result.part_mask, image.image.original_size)
     return ImageRegion(result.found, result.winner_pixel, mask, float(result.confidence), result)
 
@@ -405,8 +412,9 @@ class Session:
         return match_all(prepared, image, self.models, max_regions, progress, cancel)
 
     def shape_to_image(self, prepared: PreparedMesh, image: PreparedImage, vertices: list[int],
-                       progress: Progress | None = None, cancel: CancelCheck | None = None) -> ImageRegion:
-        return shape_to_image(prepared, image, self.models, vertices, progress, cancel)
+                       progress: Progress | None = None, cancel: CancelCheck | None = None,
+                       rule: str = "paper") -> ImageRegion:
+        return shape_to_image(prepared, image, self.models, vertices, progress, cancel, rule)
 
     def describe(self) -> dict[str, Any]:
         from engine.device import describe_device
