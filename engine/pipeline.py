@@ -52,11 +52,14 @@ class PrepareSettings:
 
 # What the model profiles (engine.models.profiles) leave to the pipeline; view counts and sizes come from there.
 _EXTRA: dict[str, dict[str, Any]] = {
-    "gpu": {},
-    # ~3 min per mesh on 2 cores (bench/prepare.py): fewer click vertices (each costs SAM decoder passes
-    # on every view it is visible in) and a shorter decoder schedule than ISegConfig's defaults.
-    # A click re-segments at most 8 candidate pixels: each SAM prompt costs ~0.15 s of CPU (bench/prepare.py).
-    "cpu": {"iseg": {"max_clicks": 200, "steps": 300}, "max_prompts": 8},
+    # The paper's / reference's sizes (research memo iseg_bsb.md): ~3000 field steps, a 2048-d Fourier
+    # encoding (1024 frequencies), 64 x 64 = 4096 surface points per view; iSeg on 3% of the vertices by FPS,
+    # ~100 views per click vertex, a deeper and wider decoder trained longer. Not validated on a GPU here.
+    "gpu": {"dino_steps": 3000, "sam_steps": 3000, "field_encoding": 1024, "points_per_view": 4096,
+            "iseg": {"max_clicks": 500, "views_per_click": 100, "attn_dim": 256, "width": 256, "encoder_depth": 8,
+                     "head_depth": 3, "steps": 6000, "batch_size": 16, "pixels_per_sample": 4096, "lr": 1e-3}},
+    # Chosen from measured quality-vs-seconds curves (bench/sweep.py, oracle teachers): see engine.models.profiles.
+    "cpu": {"dino_steps": 100, "sam_steps": 50, "iseg": {"max_clicks": 200, "steps": 300}},
     # Random weights, for tests and the plumbing check: small enough to prepare in seconds.
     "tiny": {"dino_views": 6, "dino_steps": 20, "sam_steps": 20, "field_encoding": 32, "points_per_view": 256,
              "k": 20, "iseg": {"min_clicks": 8, "max_clicks": 12, "views_per_click": 2, "steps": 6,
