@@ -95,9 +95,12 @@ def instrument(clock: Clock, models: pipeline.Models):
         clock.n["iseg_prompts_" + ("single" if np.asarray(points).shape[1] == 1 else "second")] += len(view_ids)
         return segment_views(self, view_ids, points, labels)
 
+    render_order = iter(["render_dino", "render_sam"] * 100)  # _compute_mesh renders the DINO views first
+
     def render_label(mesh, n, size, mode):
-        clock.n[f"render_views_{mode}"] += n
-        return f"render_{mode}"
+        label = next(render_order)
+        clock.n[f"{label}_views"] += n
+        return label
 
     with patched(sam, "encode", counting_encode), \
             patched(pipeline, "render_views", clock.wrap(pipeline.render_views, render_label)), \
@@ -156,7 +159,7 @@ def run_profile(profile: str, mesh: Mesh, image, clock: Clock, models: pipeline.
             clock.time("click"):
         session.match(prepared, ref, [point], [1])
     clock.t["click_matching"] = clock.t["click"] - clock.t["click_sam"] - clock.t["click_iseg"]
-    clock.t["render"] = clock.t["render_uniform"] + clock.t["render_gaussian"]
+    clock.t["render"] = clock.t["render_dino"] + clock.t["render_sam"]
     return prepared
 
 
@@ -178,7 +181,7 @@ def full_single_prompts(mesh: Mesh, settings: pipeline.PrepareSettings) -> int:
 
     config = ISegConfig(**settings.iseg)
     v = np.asarray(mesh.vertices, np.float32)
-    _, raster, _ = pipeline.render_views(mesh, settings.sam_views, settings.sam_size, "gaussian")
+    _, raster, _ = pipeline.render_views(mesh, settings.sam_views, settings.sam_size, "uniform")
     k = int(np.clip(round(config.click_fraction * len(v)), min(config.min_clicks, len(v)), config.max_clicks))
     sites = find_click_sites(v, np.asarray(mesh.faces, np.int64), raster, farthest_point_sampling(v, k))
     return len(cap_views_per_vertex(sites, config.views_per_click, np.random.default_rng(0)))
@@ -197,8 +200,8 @@ def extrapolate(mini: Clock, small: pipeline.PrepareSettings, full: pipeline.Pre
     single_full = full_single_prompts(mesh, full)
     second_ratio = mini.n["iseg_prompts_second"] / max(1, single_small)
     factor = {
-        "render_uniform": full.dino_views / small.dino_views,
-        "render_gaussian": full.sam_views / small.sam_views,
+        "render_dino": full.dino_views / small.dino_views,
+        "render_sam": full.sam_views / small.sam_views,
         "dino_teacher": full.dino_views / small.dino_views,
         "sam_encoder": full.sam_views / small.sam_views,
         "dino_distill": steps(full, full.dino_steps, full.dino_views) / steps(small, small.dino_steps, small.dino_views),
@@ -209,7 +212,7 @@ def extrapolate(mini: Clock, small: pipeline.PrepareSettings, full: pipeline.Pre
     out = Clock(threads)
     for label, f in factor.items():
         out.t[label] = mini.t[label] * f
-    out.t["render"] = out.t["render_uniform"] + out.t["render_gaussian"]
+    out.t["render"] = out.t["render_dino"] + out.t["render_sam"]
     measured = sum(mini.t[k] for k in ("render", *STAGES[1:]))
     out.t["total"] = sum(out.t[k] for k in ("render", *STAGES[1:])) + (mini.t["total"] - measured)  # + glue
     per_view = mini.t["sam_encoder"] / small.sam_views

@@ -130,11 +130,13 @@ def train_field(
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
     cancel: Cancel | None = None,
+    on_step: Callable[[int, FeatureField], None] | None = None,
 ) -> FeatureField:
     """Fit a field so that its rendering, pooled to the teacher's grid, matches `targets (B,D,h,w)`.
 
     `raster` holds the B views (face_id, bary) the targets were computed from; the grid covers the
     whole image. Progress runs from 0 to 0.95 (the rest belongs to the vertex evaluation in `distill`).
+    `on_step(steps_done, field)` after every step lets a benchmark read a quality curve from one run.
     """
     device = torch.device(device)
     vertices = torch.as_tensor(np.asarray(mesh_vertices), dtype=torch.float32)
@@ -181,6 +183,8 @@ def train_field(
             part.backward()
             loss += part.item()
         optimizer.step()
+        if on_step is not None:
+            on_step(step + 1, field)
         now = time.monotonic()
         if progress is not None and (now - last_report > 0.5 or step == total - 1):
             progress(0.95 * (step + 1) / total, f"distilling: step {step + 1}/{total}, loss {loss:.4f}")

@@ -33,7 +33,7 @@ class PrepareSettings:
 
     dino_views: int = 100  # renders for the DINO field (uniform on the sphere)
     dino_size: int = 224
-    sam_views: int = 24  # renders whose SAM embeddings teach the SAM field and train iSeg (front-biased)
+    sam_views: int = 24  # renders whose SAM embeddings teach the SAM field and train iSeg (uniform on the sphere)
     sam_size: int = 512
     field_width: int = 256
     field_depth: int = 4
@@ -44,7 +44,7 @@ class PrepareSettings:
     sam_steps: int | None = None
     iseg: dict[str, Any] = field(default_factory=dict)  # passed to the iSeg trainer's config
     k: int = 100  # BSB candidates
-    max_prompts: int | None = 16  # BSB candidate pixels re-segmented by SAM per click (None: all, as the paper)
+    max_prompts: int | None = None  # cap on the candidate pixels SAM re-segments per click (None: all, as the paper)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,11 +52,14 @@ class PrepareSettings:
 
 # What the model profiles (engine.models.profiles) leave to the pipeline; view counts and sizes come from there.
 _EXTRA: dict[str, dict[str, Any]] = {
-    "gpu": {},
-    # ~3 min per mesh on 2 cores (bench/prepare.py): fewer click vertices (each costs SAM decoder passes
-    # on every view it is visible in) and a shorter decoder schedule than ISegConfig's defaults.
-    # A click re-segments at most 8 candidate pixels: each SAM prompt costs ~0.15 s of CPU (bench/prepare.py).
-    "cpu": {"iseg": {"max_clicks": 200, "steps": 300}, "max_prompts": 8},
+    # The paper's / reference's sizes (research memo iseg_bsb.md): ~3000 field steps, a 2048-d Fourier
+    # encoding (1024 frequencies), 64 x 64 = 4096 surface points per view; iSeg on 3% of the vertices by FPS,
+    # ~100 views per click vertex, a deeper and wider decoder trained longer. Not validated on a GPU here.
+    "gpu": {"dino_steps": 3000, "sam_steps": 3000, "field_encoding": 1024, "points_per_view": 4096,
+            "iseg": {"max_clicks": 500, "views_per_click": 100, "attn_dim": 256, "width": 256, "encoder_depth": 8,
+                     "head_depth": 3, "steps": 6000, "batch_size": 16, "pixels_per_sample": 4096, "lr": 1e-3}},
+    # Chosen from measured quality-vs-seconds curves (bench/sweep.py, oracle teachers): see engine.models.profiles.
+    "cpu": {"dino_steps": 100, "sam_steps": 50, "iseg": {"max_clicks": 200, "steps": 300}},
     # Random weights, for tests and the plumbing check: small enough to prepare in seconds.
     "tiny": {"dino_views": 6, "dino_steps": 20, "sam_steps": 20, "field_encoding": 32, "points_per_view": 256,
              "k": 20, "iseg": {"min_clicks": 8, "max_clicks": 12, "views_per_click": 2, "steps": 6,
@@ -206,7 +209,9 @@ def _compute_mesh(mesh: Mesh, models: Models, settings: PrepareSettings, device:
 
     if progress:
         progress(0.4, f"rendering {settings.sam_views} views for SAM")
-    _, sam_raster, sam_images = render_views(mesh, settings.sam_views, settings.sam_size, "gaussian", cancel)
+    # Uniform, not the reference's front-biased sampling: with few views, the gaussian ones leave the back
+    # of the mesh unseen and its vertices unclickable for the iSeg data (bench/sweep.py).
+    _, sam_raster, sam_images = render_views(mesh, settings.sam_views, settings.sam_size, "uniform", cancel)
     embeddings = teacher_targets(models.sam.encode, sam_images, batch=2, progress=_stage(progress, 0.4, 0.6),
                                  cancel=cancel)
     config = _field_config(settings, embeddings.shape[1])
@@ -332,8 +337,13 @@ def match_all(prepared: PreparedMesh, image: PreparedImage, models: Models, max_
 
 
 def shape_to_image(prepared: PreparedMesh, image: PreparedImage, models: Models, vertices: list[int],
-                   progress: Progress | None = None, cancel: CancelCheck | None = None) -> ImageRegion:
-    """The image region corresponding to a set of mesh vertices (their iSeg part)."""
+                   progress: Progress | None = None, cancel: CancelCheck | None = None,
+                   rule: str = "paper") -> ImageRegion:
+    """The image region corresponding to a set of mesh vertices (their iSeg part).
+
+    rule "paper": the paper's symmetric BSB (candidates re-segmented by iSeg, ranked by 3D IoU with the
+    part); "buddies": the earlier relaxed test (see engine.bsb.shape_to_image).
+    """
     from engine.bsb.shape_to_image import shape_to_image as bsb_shape_to_image
     from engine.results import resize_mask
 
@@ -342,8 +352,8 @@ def shape_to_image(prepared: PreparedMesh, image: PreparedImage, models: Models,
     part[list(vertices)] = True
     part |= np.asarray(prepared.iseg.predict([(int(v), True) for v in vertices])) >= 0.5
     segmenter, grid = _bsb_inputs(prepared, image, models)
-    result = bsb_shape_to_image(segmenter, grid, prepared.dino, list(vertices), part, k=prepared.settings.k,
-                                scale=image.image.scale, progress=progress, cancel=cancel)
+    result = bsb_shape_to_image(segmenter, grid, prepared.dino, list(vertices), part, seed=_seed(prepared), rule=rule,
+                                k=prepared.settings.k, scale=image.image.scale, progress=progress, cancel=cancel)
     mask = None if result.part_mask is None else resize_mask(result.part_mask, image.image.original_size)
     return ImageRegion(result.found, result.winner_pixel, mask, float(result.confidence), result)
 
@@ -410,8 +420,9 @@ class Session:
         return match_all(prepared, image, self.models, max_regions, progress, cancel)
 
     def shape_to_image(self, prepared: PreparedMesh, image: PreparedImage, vertices: list[int],
-                       progress: Progress | None = None, cancel: CancelCheck | None = None) -> ImageRegion:
-        return shape_to_image(prepared, image, self.models, vertices, progress, cancel)
+                       progress: Progress | None = None, cancel: CancelCheck | None = None,
+                       rule: str = "paper") -> ImageRegion:
+        return shape_to_image(prepared, image, self.models, vertices, progress, cancel, rule)
 
     def describe(self) -> dict[str, Any]:
         from engine.device import describe_device

@@ -120,6 +120,22 @@ def test_same_seed_same_result_and_bounded_points_per_step(scene, monkeypatch):
     assert not torch.equal(first, other)
 
 
+def test_on_step_sees_the_field_after_every_step(scene):
+    """The hook a benchmark reads a quality-vs-steps curve from: called once per step with the live field."""
+    from engine.distill import train_field
+    from engine.field import evaluate_vertices
+
+    mesh, raster, _, _ = scene
+    targets = torch.randn(N_VIEWS, 4, *GRID)
+    seen: list[tuple[int, torch.Tensor]] = []
+    field = train_field(mesh.vertices, mesh.faces, raster, targets, FieldConfig.small(4),
+                        DistillConfig(steps=3, points_per_view=64),
+                        on_step=lambda step, f: seen.append((step, evaluate_vertices(f, mesh.vertices[:5]))))
+    assert [s for s, _ in seen] == [1, 2, 3]
+    assert not torch.equal(seen[0][1], seen[2][1])  # the field changes between steps
+    assert torch.equal(seen[2][1], evaluate_vertices(field, mesh.vertices[:5]))
+
+
 def test_progress_is_reported_and_cancel_stops_training(scene):
     mesh, raster, _, _ = scene
     targets = torch.randn(N_VIEWS, 4, *GRID)

@@ -123,6 +123,28 @@ def test_match_refine_and_results(session, prepared, mug_mesh, tmp_path):
     with pytest.raises(BsbError, match="out of range"):
         session.refine(prepared, [(V, True)])
 
+    for rule in ("paper", "buddies"):
+        region = session.shape_to_image(prepared, pimage, [3, 40], rule=rule)
+        assert region.match.n_candidates == prepared.settings.k
+        if region.found:
+            assert region.mask.shape == (96, 96) and region.mask.any() and region.pixel is not None
+        else:
+            assert region.mask is None and region.match.n_valid == 0
+    with pytest.raises(BsbError, match="unknown shape-to-image rule"):
+        session.shape_to_image(prepared, pimage, [3], rule="nearest")
+
+
+def test_teacher_views_are_uniform_on_the_sphere(models_dir, monkeypatch):
+    """Both teachers see Fibonacci views: the reference's front-biased sampling leaves the back unseen."""
+    import engine.pipeline as pipeline
+
+    modes = []
+    render = pipeline.render_views
+    monkeypatch.setattr(pipeline, "render_views", lambda mesh, n, size, mode: modes.append(mode) or render(mesh, n, size, mode))
+    v, f, _, _ = mug(0, 8)
+    Session("tiny", "cpu", models_dir=models_dir, use_cache=False).prepare(mesh_from_arrays(v, f))
+    assert modes == ["uniform", "uniform"]
+
 
 def test_ply_is_in_the_source_frame_with_the_part_coloured(mug_mesh, tmp_path):
     v, f, labels, _ = mug(0, 16)

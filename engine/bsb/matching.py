@@ -155,7 +155,7 @@ def candidate_list(c: Candidates, scale: float, ious: np.ndarray | None = None) 
 
 def match(segmenter: PromptSegmenter, grid: ft.FeatureGrid, vertex_features: object, points: object,
           labels: object, box: object | None = None, *, seed: Seeding | None = None, k: int = 100,
-          min_confidence: float | None = None, scale: float = 1.0, max_prompts: int | None = 16,
+          min_confidence: float | None = None, scale: float = 1.0, max_prompts: int | None = None,
           choose: MaskChooser | None = None, progress: Progress | None = None,
           cancel: Cancel | None = None) -> MatchResult:
     """BSB for one query; points/box in original image pixels, `scale` = working / original.
@@ -163,9 +163,10 @@ def match(segmenter: PromptSegmenter, grid: ft.FeatureGrid, vertex_features: obj
     `grid` covers the segmenter's working image; `vertex_features` (V, D) are the distilled DINO features
     (pass unit rows to avoid a per-call copy). The confidence is the winner's IoU; below `min_confidence`
     the answer is "no corresponding part". `seed(winner)` (iSeg) fills the per-vertex weights.
-    Valid candidates sharing a pixel share one SAM prompt; at most `max_prompts` distinct pixels (those of
-    the most similar candidates) are re-segmented, because each SAM decoder pass costs ~0.1 s on a CPU
-    (None: all of them, as the paper).
+    Valid candidates sharing a pixel share one SAM prompt, and the distinct pixels go through SAM's prompt
+    decoder in batches. Every valid candidate is ranked, as in the paper (the ranking is what lifts a random
+    valid candidate to BSB); `max_prompts` caps the distinct pixels re-segmented to those of the most similar
+    candidates (a SAM ViT-B decoder pass costs ~0.1-0.2 s on a CPU: bench/match.py).
     """
     choose = choose or default_chooser()
     timings: dict[str, float] = {}

@@ -1,20 +1,24 @@
 """Speed/quality profiles: which DINOv2 and SAM to run and how many rendered views each sees.
 
-Cost figures (2-core x86-64 VM, fp32, quiet machine; research memo cpu_render_models.md and bench/models.py):
-DINOv2 -S/-B/-L 60 ms / 0.2-0.3 s / 0.8-1 s per 224^2 view; SAM ViT-B image encoder ~8.3 s per view
-(SAM always runs at its native 1024 px, whatever the render size); one SAM click ~60 ms on a cached
+Cost figures (2-core x86-64 VM, fp32; research memo cpu_render_models.md, bench/models.py, bench/sweep.py):
+DINOv2 -S/-B/-L 60 ms / 0.2-0.3 s / 0.8-1 s per 224^2 view; SAM ViT-B image encoder ~8-15 s per view
+(SAM always runs at its native 1024 px, whatever the render size); one SAM prompt ~0.15 s on a cached
 embedding. Choices:
-- `cpu`: a mesh preparation must stay under ~3 min on a 2-core laptop, and part of that belongs to the
-  iSeg decoder (SAM clicks on the cached view embeddings) and distillation. bench/prepare.py measured
-  the whole preparation on this VM at ~400 s CPU (8 SAM views at ~20 s each, 100 DINO views, 800 iSeg
-  steps), so: 4 SAM views (~80 s), 60 DINO views (~30 s with distillation) and a shorter iSeg schedule
-  (engine.pipeline._EXTRA), ~3 min in all. We keep SAM at its native input size (real weights are only
-  trustworthy there; a resized position embedding is unvalidated) and spend the budget on fewer SAM
-  views instead. ViT-B is the lightest published SAM; MobileSAM-style encoders are not on PyPI with
-  loadable weights, so not used. A click is one SAM encode of the reference image (cached per image)
-  plus ~0.15 s per SAM prompt (BSB re-segments at most 8 candidate pixels here: engine.pipeline._EXTRA).
-- `gpu`: the paper's models (DINOv2-L/14 with registers, SAM ViT-H) with many views; SAM views are
-  capped at 200 because each embedding is 4 MB (fp32) and ViT-H costs ~0.2-0.5 s/view on a laptop GPU.
+- `cpu`: DINOv2-B/14 with registers and SAM ViT-B (the lightest published SAM; MobileSAM-style encoders
+  are not on PyPI with loadable weights). SAM runs at its native input size (real weights are only
+  trustworthy there). Views and steps are chosen from measured quality-vs-seconds curves (bench/sweep.py
+  --quick: oracle teachers on PSB fourleg/382, CPU seconds on this VM plus 15 s per SAM view, 0.3 s per
+  DINO view and ~0.15 s per SAM prompt):
+  * SAM views, uniform on the sphere: single-click iSeg IoU 0.70 with 2 views, 0.94 with 4, 0.95 with 8
+    at ~3 extra minutes: 4 views. SAM field steps (set in engine.pipeline._EXTRA): held-out R^2 -0.26 at 3
+    steps (the old epochs rule), 0.88 at 25, 0.96 at 50, 0.97 at 100: 50 steps (iSeg IoU 0.59 -> 0.94).
+  * DINO views 60 (30 views reach the same held-out R^2 at 50 steps, 0.96; a DINO view costs only
+    ~0.3 s and coverage of occluded regions was not measured, so 60 stay), field steps 100: held-out R^2 0.96 / vertex cosine 0.88 at 50 steps, 0.99 / 0.94 at 100.
+  * iSeg keeps 200 click vertices and 300 decoder steps (not swept yet); its SAM prompts (~1100, ~3 min)
+    are now the largest share of a preparation. A click ranks every valid BSB candidate (no prompt cap).
+- `gpu`: the paper's models (DINOv2-L/14 with registers, SAM ViT-H) with many views and the reference's
+  step counts and sizes (engine.pipeline._EXTRA); SAM views are capped at 200 because each embedding is
+  4 MB (fp32) and ViT-H costs ~0.2-0.5 s/view on a laptop GPU.
 - `tiny`: random weights, tiny architectures; for tests and plumbing checks only, never a result.
 """
 
