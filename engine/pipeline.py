@@ -53,6 +53,10 @@ class PrepareSettings:
 # What the model profiles (engine.models.profiles) leave to the pipeline; view counts and sizes come from there.
 _EXTRA: dict[str, dict[str, Any]] = {
     "gpu": {},
+    "paper": {"max_prompts": None},  # the paper re-segments every BSB candidate
+    # As `cpu`: the iSeg schedule and the SAM prompts per click sized for 2 CPU cores.
+    "fast": {"iseg": {"max_clicks": 200, "steps": 300}, "max_prompts": 8},
+    "balanced": {"iseg": {"max_clicks": 200, "steps": 300}, "max_prompts": 8},
     # ~3 min per mesh on 2 cores (bench/prepare.py): fewer click vertices (each costs SAM decoder passes
     # on every view it is visible in) and a shorter decoder schedule than ISegConfig's defaults.
     # A click re-segments at most 8 candidate pixels: each SAM prompt costs ~0.15 s of CPU (bench/prepare.py).
@@ -356,7 +360,8 @@ def load_models(profile: str, models_dir: Path | None, device: torch.device, off
 
 
 def default_profile(device: torch.device) -> str:
-    return "gpu" if device.type in ("cuda", "mps") else "cpu"
+    """The paper's setting where CUDA makes it affordable; the fast profile on CPUs and Apple GPUs."""
+    return "paper" if device.type == "cuda" else "fast"
 
 
 class Session:
