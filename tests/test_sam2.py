@@ -73,7 +73,7 @@ def test_pack_unpack_round_trip():
 
 # ----- the segmenter through the real loader ------------------------------------------------------------
 
-def test_encode_is_the_models_own_embedding_on_top(sam):
+def test_encode_is_the_models_own_embedding_on_top(sam, folder):
     emb = sam.encode(np.stack([_image(32, 32, 1), _image(32, 32, 2)]))
     g = sam.grid
     assert g == 16 and emb.shape == (2, 256, 4 * g, g) == (2, *sam.embedding_shape) and emb.dtype == torch.float32
@@ -85,11 +85,7 @@ def test_encode_is_the_models_own_embedding_on_top(sam):
     with torch.no_grad():
         want = sam.model.get_image_embeddings(x)[-1]
     torch.testing.assert_close(emb[:, :, :int(rows), :int(cols)], want, atol=1e-4, rtol=1e-4)
-    assert sam.random_weights and sam.model_id.endswith(str(sam_folder_name(sam)))
-
-
-def sam_folder_name(sam) -> str:
-    return sam.model_id.split(":", 1)[1]
+    assert sam.random_weights and sam.model_id == f"{sam.model.config.model_type}:{folder}"
 
 
 def test_predict_matches_the_models_own_forward(sam):

@@ -17,11 +17,11 @@ embedding. Choices:
   capped at 200 because each embedding is 4 MB (fp32) and ViT-H costs ~0.2-0.5 s/view on a laptop GPU.
 - `tiny`: random weights, tiny architectures; for tests and plumbing checks only, never a result.
 - `fast` (default on CPU and Apple MPS, engine.pipeline.default_profile): EdgeTAM, the lightest SAM 2-class
-  encoder in transformers (RepViT image encoder), ~2-5x cheaper per view than SAM 2.1-tiny and ~5x cheaper
-  than SAM ViT-B here (bench/models.py), which buys 24 SAM views instead of `cpu`'s 4; DINOv2-S/14 with
+  encoder in transformers (RepViT image encoder), ~4.5x cheaper per view than SAM 2.1-tiny and ~18x cheaper
+  than SAM ViT-B here (CPU time, bench/models.py --quick --encoders), which buys 24 SAM views instead of `cpu`'s 4; DINOv2-S/14 with
   registers (~60 ms per 224^2 view) for 100 DINO views.
-- `balanced`: SAM 2.1-tiny and DINOv2-B/14 with registers, 24 SAM views: SAM 2.1's own decoder at about
-  half ViT-B's cost per view, for when a few more minutes are acceptable.
+- `balanced`: SAM 2.1-tiny and DINOv2-B/14 with registers, 24 SAM views: SAM 2.1's own weights at about
+  a quarter of ViT-B's cost per view (CPU time), for when a few more minutes are acceptable.
 - `paper` (default on CUDA): the reference's models and view counts (1000 renders at 224 px for both
   distillations, iseg_bsb.md); 1000 SAM embeddings hold ~4 GB of host RAM.
 - `cpu` and `gpu` keep their meaning (SAM ViT-B on few views; the paper's models with capped views), so a
@@ -75,8 +75,9 @@ class Profile:
 # Per-view model cost on the 2-core VM (python bench/models.py --quick; random weights of the real
 # architectures, fp32, "cpu/thr" = CPU time / threads, a shared and noisy machine).
 PROFILE_COSTS: dict[str, str] = {
-    "fast": "EdgeTAM ~1.6 s + DINOv2-S ~0.1 s per view on 2 CPU cores; prepare ~24 x 1.6 + 100 x 0.1 s of models",
-    "balanced": "SAM 2.1-tiny ~3.7 s + DINOv2-B ~0.3 s per view on 2 CPU cores",
+    "fast": "EdgeTAM ~0.7 s (39 GFLOPs) + DINOv2-S ~0.1-1 s per view, ~0.3 s per SAM prompt on 2 CPU cores; "
+            "Spot prepares in ~500 s CPU (iSeg click data ~260 s of it; extrapolated, load 20)",
+    "balanced": "SAM 2.1-tiny ~3.3 s (207 GFLOPs) + DINOv2-B ~0.3-1 s per view on 2 CPU cores",
     "paper": "SAM ViT-H ~6 TFLOPs per view: minutes on a GPU, hours on a CPU",
 }
 
