@@ -7,6 +7,12 @@ printed alongside. `--quick` (< 60 s) times the SAM image encoder by parts (patc
 one windowed block, one global block) and extrapolates to the full depth; the full run times it whole.
 Prints a table, then one JSON line: cpu_profile_encode_s (SAM + DINOv2 per view), cpu_profile_sam_click_ms,
 gpu_profile_encode_s, and the model time of a preparation per profile.
+`--encoders` adds a per-view table of the lighter encoders (SAM 2.1 tiny/small and EdgeTAM through
+engine.models.sam2, DINOv2-S/B) with GFLOPs from torch's flop counter, and the `fast` profile's preparation
+of a mesh through the real pipeline (bench/prepare.py's stage clock; `--quick`: a few views and steps
+scaled up stage by stage, labelled extrapolated). JSON keys: encoder_<name>_view_s / _gflops,
+fast_prepare_s_<mesh>, fast_sam_views, fast_click_s, fast_first_answer_s is NOT measured (not built).
+Quality of `fast` cannot be measured here: there are no real weights on this machine.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import prepare as bench_prepare  # noqa: E402  (bench/prepare.py: the stage clock and the Session driver)
 from engine.models.dino import DinoFeatures  # noqa: E402
 from engine.models.profiles import PROFILES, Profile  # noqa: E402
 from engine.models.sam import SAM_SPECS, SamSegmenter, build_sam  # noqa: E402
@@ -91,10 +99,110 @@ def click_ms(profile: Profile, reps: int) -> tuple[np.ndarray, np.ndarray]:
     return one * 1000, many / 16 * 1000
 
 
+def sam2_arch(name: str):
+    """Random-weight transformers model of a published SAM 2.1 / EdgeTAM architecture (image path costs)."""
+    from transformers import EdgeTamConfig, EdgeTamModel, Sam2Config, Sam2Model, TimmWrapperConfig
+
+    if name == "edgetam":  # RepViT-M1 from timm, channels (48, 96, 192, 384) = the config's default list
+        backbone = TimmWrapperConfig(architecture="repvit_m1", model_args={
+            "in_chans": 3, "features_only": True, "out_indices": [0, 1, 2, 3]})
+        return EdgeTamModel(EdgeTamConfig(vision_config=dict(backbone_config=backbone)))
+    if name == "sam2.1_tiny":  # transformers' default Hiera config is sam2.1-hiera-tiny
+        return Sam2Model(Sam2Config())
+    if name == "sam2.1_small":
+        hiera = dict(model_type="sam2_hiera_det_model", blocks_per_stage=[1, 2, 11, 2],
+                     global_attention_blocks=[7, 10, 13])
+        return Sam2Model(Sam2Config(vision_config=dict(backbone_config=hiera)))
+    raise ValueError(name)
+
+
+def gflops(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def encoder_rows(reps: int, quick: bool) -> tuple[list, dict]:
+    """Per-view cost of the lighter encoders beside SAM ViT-B, through the engine's own classes."""
+    from engine.models.sam2 import Sam2Segmenter
+
+    rng = np.random.default_rng(1)
+    render = rng.integers(0, 256, (1, 512, 512, 3), dtype=np.uint8)
+    rows, out = [], {}
+    for name in ("edgetam", "sam2.1_tiny", "sam2.1_small"):
+        seg = Sam2Segmenter(sam2_arch(name), "bench", torch.device("cpu"))
+        t = timed(lambda: seg.encode(render), reps)
+        seg.set_embedding(seg.encode(render)[0], (512, 512))
+        click = timed(lambda: seg.predict(rng.uniform(0, 512, (1, 1, 2)), np.ones((1, 1))), 3 if quick else 5)
+        flops = gflops(lambda: seg.encode(render))
+        rows.append((name, t, flops, click * 1000))
+        del seg
+    vit_b, how = sam_encode_s(PROFILES["cpu"], render[0], quick, reps)
+    rows.append((f"sam_vit_b ({how})", vit_b, 972.0, click_ms(PROFILES["cpu"], 3 if quick else 5)[0]))
+    for dino_id, short in (("facebook/dinov2-with-registers-small", "dinov2_s"),
+                           ("facebook/dinov2-with-registers-base", "dinov2_b")):
+        dino = dino_for(replace(PROFILES["cpu"], dino_id=dino_id))
+        img = rng.integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
+        rows.append((short, timed(lambda: dino(img), reps), gflops(lambda: dino(img)), np.full(2, np.nan)))
+    for name, t, flops, click in rows:
+        key = name.split(" ")[0]
+        out[f"encoder_{key}_view_s"] = round(float(t[0]), 3)
+        out[f"encoder_{key}_view_cpu_s"] = round(float(t[1]), 3)
+        out[f"encoder_{key}_gflops"] = round(float(flops), 1)
+        if not np.isnan(click[0]):
+            out[f"encoder_{key}_click_ms"] = round(float(click[0]), 1)
+            out[f"encoder_{key}_click_cpu_ms"] = round(float(click[1]), 1)
+    return rows, out
+
+
+def fast_prepare(quick: bool, threads: int, mesh_path: Path, image_path: Path) -> tuple[dict, "object"]:
+    """The `fast` profile's preparation and one click on a mesh, random weights of its real architectures."""
+    import tempfile
+
+    from engine import pipeline
+    from engine.images import load_image
+    from engine.mesh import load_mesh
+    from engine.models.sam2 import Sam2Segmenter
+
+    profile = PROFILES["fast"]
+    mesh, image = load_mesh(mesh_path), load_image(image_path)
+    models = pipeline.Models(dino_for(profile), Sam2Segmenter(sam2_arch(profile.sam_type), "random-edgetam",
+                                                              torch.device("cpu"), random_weights=True), "fast")
+    full = pipeline.settings_for("fast")
+    with tempfile.TemporaryDirectory() as tmp:
+        if quick:
+            small = bench_prepare.small_settings(full)
+            mini = bench_prepare.Clock(threads)
+            bench_prepare.run_profile("fast", mesh, image, mini, models, small, Path(tmp))
+            clock = bench_prepare.extrapolate(mini, small, full, mesh, threads)
+            clock.t["set_image"] = mini.t["set_image"]  # measured whole here (SAM 2 states are not faked)
+        else:
+            clock = bench_prepare.Clock(threads)
+            bench_prepare.run_profile("fast", mesh, image, clock, models, full, Path(tmp))
+    tag = mesh_path.stem
+    out = {f"fast_prepare_s_{tag}": round(float(clock.t["total"][0]), 1),
+           f"fast_prepare_cpu_s_{tag}": round(float(clock.t["total"][1]), 1),
+           "fast_prepare_measured": not quick, "fast_sam_views": full.sam_views, "fast_dino_views": full.dino_views,
+           "fast_click_s": round(float(clock.t["click"][0]), 2),
+           "fast_click_cpu_s": round(float(clock.t["click"][1]), 2),
+           "fast_set_image_s": round(float(clock.t["set_image"][0]), 2), "fast_vertices": int(mesh.num_vertices)}
+    for stage in bench_prepare.STAGES:
+        out[f"fast_{stage}_s"] = round(float(clock.t[stage][0]), 2)
+        out[f"fast_{stage}_cpu_s"] = round(float(clock.t[stage][1]), 2)
+    return out, clock
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="under a minute: fewer repetitions, SAM encoder by parts")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--encoders", action="store_true",
+                    help="also the lighter encoders (SAM 2.1, EdgeTAM, DINOv2-S/B) and the fast profile's preparation")
+    root = Path(__file__).resolve().parents[1]
+    ap.add_argument("--mesh", type=Path, default=root / "assets" / "spot.obj")
+    ap.add_argument("--image", type=Path, default=root / "assets" / "spot_reference.png")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     reps = 1 if args.quick else 3
@@ -125,6 +233,19 @@ def main() -> int:
     for r in rows:
         print(f"{r[0]:8s} {r[1]:8s} {r[2]:28s} {r[3]:20s} {r[4]:11.3f} {r[5]:10.2f} {r[6]:8.1f} {r[7]:12.1f} "
               f"{r[8]:12.1f}")
+    if args.encoders:
+        enc_rows, enc = encoder_rows(reps, args.quick)
+        result.update(enc)
+        print(f"\nper view (SAM family: 512 px render -> 1024 px model; DINOv2: 224 px), {args.threads} threads")
+        print(f"{'encoder':26s} {'wall s':>8s} {'cpu/thr s':>9s} {'GFLOPs':>8s} {'click ms':>9s} {'cpu/thr ms':>10s}")
+        for name, t, flops, click in enc_rows:
+            print(f"{name:26s} {t[0]:8.2f} {t[1]:9.2f} {flops:8.1f} {click[0]:9.1f} {click[1]:10.1f}")
+        fast, clock = fast_prepare(args.quick, args.threads, args.mesh, args.image)
+        result.update(fast)
+        how = "extrapolated" if args.quick else "measured"
+        print(f"\nfast profile on {args.mesh.name} ({fast['fast_vertices']} vertices), {how}, random weights:")
+        for stage in (*bench_prepare.STAGES, "total", "set_image", "click"):
+            print(f"  {stage:14s} wall {clock.t[stage][0]:7.1f} s   cpu/thr {clock.t[stage][1]:7.1f} s")
     print(json.dumps(result))
     return 0
 

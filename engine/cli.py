@@ -14,9 +14,9 @@ from typing import Callable, Sequence
 
 from engine import __version__
 from engine.errors import BsbError, os_reason
+from engine.models.profiles import PROFILES  # no torch import: --help stays instant
 
 EXIT_OK, EXIT_USER, EXIT_USAGE, EXIT_NO_PART = 0, 1, 2, 3
-PROFILES = ("cpu", "gpu", "tiny")
 
 
 class NoPart(BsbError):
@@ -27,7 +27,7 @@ class NoPart(BsbError):
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", choices=PROFILES, default=None,
-                        help="model profile (default: gpu on a GPU, else cpu; tiny = random weights, plumbing only)")
+                        help="model profile (default: paper on CUDA, else fast; tiny = random weights, plumbing only)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--models", type=Path, default=None, help="models folder (default: the model store's)")
     parser.add_argument("--cache", type=Path, default=None, help="cache folder (default: $BSB_CACHE_DIR or ~/.cache/bsb/cache)")

@@ -50,16 +50,24 @@ class PrepareSettings:
         return asdict(self)
 
 
+_PAPER_EXTRA: dict[str, Any] = {
+    "dino_steps": 3000, "sam_steps": 3000, "field_encoding": 1024, "points_per_view": 4096,
+    "iseg": {"max_clicks": 500, "views_per_click": 100, "attn_dim": 256, "width": 256, "encoder_depth": 8,
+             "head_depth": 3, "steps": 6000, "batch_size": 16, "pixels_per_sample": 4096, "lr": 1e-3}}
+_CPU_EXTRA: dict[str, Any] = {"dino_steps": 100, "sam_steps": 50, "iseg": {"max_clicks": 200, "steps": 300}}
+
 # What the model profiles (engine.models.profiles) leave to the pipeline; view counts and sizes come from there.
 _EXTRA: dict[str, dict[str, Any]] = {
     # The paper's / reference's sizes (research memo iseg_bsb.md): ~3000 field steps, a 2048-d Fourier
     # encoding (1024 frequencies), 64 x 64 = 4096 surface points per view; iSeg on 3% of the vertices by FPS,
     # ~100 views per click vertex, a deeper and wider decoder trained longer. Not validated on a GPU here.
-    "gpu": {"dino_steps": 3000, "sam_steps": 3000, "field_encoding": 1024, "points_per_view": 4096,
-            "iseg": {"max_clicks": 500, "views_per_click": 100, "attn_dim": 256, "width": 256, "encoder_depth": 8,
-                     "head_depth": 3, "steps": 6000, "batch_size": 16, "pixels_per_sample": 4096, "lr": 1e-3}},
+    "gpu": _PAPER_EXTRA,
+    "paper": _PAPER_EXTRA,
     # Chosen from measured quality-vs-seconds curves (bench/sweep.py, oracle teachers): see engine.models.profiles.
-    "cpu": {"dino_steps": 100, "sam_steps": 50, "iseg": {"max_clicks": 200, "steps": 300}},
+    "cpu": _CPU_EXTRA,
+    # As `cpu` (field steps and iSeg schedule); their own view counts come from engine.models.profiles.
+    "fast": _CPU_EXTRA,
+    "balanced": _CPU_EXTRA,
     # Random weights, for tests and the plumbing check: small enough to prepare in seconds.
     "tiny": {"dino_views": 6, "dino_steps": 20, "sam_steps": 20, "field_encoding": 32, "points_per_view": 256,
              "k": 20, "iseg": {"min_clicks": 8, "max_clicks": 12, "views_per_click": 2, "steps": 6,
@@ -371,7 +379,8 @@ def load_models(profile: str, models_dir: Path | None, device: torch.device, off
 
 
 def default_profile(device: torch.device) -> str:
-    return "gpu" if device.type in ("cuda", "mps") else "cpu"
+    """The paper's setting where CUDA makes it affordable; the fast profile on CPUs and Apple GPUs."""
+    return "paper" if device.type == "cuda" else "fast"
 
 
 class Session:

@@ -111,7 +111,7 @@ def test_unreachable_server_keeps_partial_for_resume(tmp_path):
 
 def test_fetch_profile_downloads_the_sam_checkpoint(server, tmp_path, monkeypatch):
     monkeypatch.setitem(store.SAM_CHECKPOINTS, "vit_b", store.Checkpoint("sam_vit_b_01ec64.pth", _url(server), SHA, 1))
-    monkeypatch.setattr(store, "dino_cached", lambda hub_id: True)
+    monkeypatch.setattr(store, "hf_cached", lambda hub_id: True)
     store.fetch_profile(get_profile("cpu"), tmp_path, offline=False, progress=False)
     assert (tmp_path / "sam_vit_b_01ec64.pth").read_bytes() == PAYLOAD
     store.fetch_profile(get_profile("cpu"), tmp_path, offline=False, progress=False)  # present: no request

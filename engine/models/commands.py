@@ -69,7 +69,7 @@ def run_list(args: argparse.Namespace) -> int:
         return 0
     print(f"models folder: {models_dir(args.models)}")
     for profile in PROFILES.values():
-        print(f"\n{profile.name}: {profile.description}")
+        print(f"\n{profile.name}: {profile.description}\n  {profile.summary()}")
         for part, (present, where) in profile_status(profile, args.models).items():
             print(f"  {part:5s} {'present' if present else 'MISSING'}  {where}")
     return 0
@@ -109,6 +109,7 @@ def run_doctor(args: argparse.Namespace) -> int:
         ("EXR images", "yes" if _has("OpenEXR") else "no (pip install OpenEXR)"),
     ]
     for profile in PROFILES.values():
+        rows.append((f"{profile.name} profile", profile.summary()))
         for part, (present, where) in profile_status(profile, args.models).items():
             rows.append((f"{profile.name} {part}", f"{'present' if present else 'MISSING'}  {where}"))
     width = max(len(k) for k, _ in rows)

@@ -20,6 +20,18 @@ embedding. Choices:
   step counts and sizes (engine.pipeline._EXTRA); SAM views are capped at 200 because each embedding is
   4 MB (fp32) and ViT-H costs ~0.2-0.5 s/view on a laptop GPU.
 - `tiny`: random weights, tiny architectures; for tests and plumbing checks only, never a result.
+- `fast` (default on CPU and Apple MPS, engine.pipeline.default_profile): EdgeTAM, the lightest SAM 2-class
+  encoder in transformers (RepViT image encoder), ~4.5x cheaper per view than SAM 2.1-tiny and ~18x cheaper
+  than SAM ViT-B here (CPU time, bench/models.py --quick --encoders), which buys 24 SAM views instead of `cpu`'s 4; DINOv2-S/14 with
+  registers (~60 ms per 224^2 view) for 100 DINO views.
+- `balanced`: SAM 2.1-tiny and DINOv2-B/14 with registers, 24 SAM views: SAM 2.1's own weights at about
+  a quarter of ViT-B's cost per view (CPU time), for when a few more minutes are acceptable.
+- `paper` (default on CUDA): the reference's models and view counts (1000 renders at 224 px for both
+  distillations, iseg_bsb.md); 1000 SAM embeddings hold ~4 GB of host RAM.
+- `cpu` and `gpu` keep their meaning (SAM ViT-B on few views; the paper's models with capped views), so a
+  script naming them computes what it did before and their caches stay valid; they are the middle profiles.
+Quality of `fast`/`balanced` against `cpu` cannot be measured without real weights (none can be downloaded
+here); their view counts follow the issue's floor of 24 SAM views, not a measured curve.
 """
 
 from __future__ import annotations
@@ -52,7 +64,26 @@ class Profile:
     field_depth: int  # hidden blocks
     distill_epochs: int
     random_weights: bool = False
+    # transformers SAM 2.1 / EdgeTAM (hub id or folder); empty: segment-anything's `sam_checkpoint` file
+    sam_id: str = ""
+    cost: str = ""  # measured cost, shown by `models list` and `doctor`
 
+    def summary(self) -> str:
+        """Models, view counts and cost in one line, for `models list` and `doctor`."""
+        sam = self.sam_id or f"SAM {self.sam_type} ({self.sam_checkpoint})"
+        text = (f"DINO {self.dino_id} @{self.dino_input_size}px x {self.dino_views} views; "
+                f"{sam} x {self.sam_views} views @{self.sam_input_size}px")
+        return f"{text}; {self.cost}" if self.cost else text
+
+
+# Per-view model cost on the 2-core VM (python bench/models.py --quick; random weights of the real
+# architectures, fp32, "cpu/thr" = CPU time / threads, a shared and noisy machine).
+PROFILE_COSTS: dict[str, str] = {
+    "fast": "EdgeTAM ~0.7 s (39 GFLOPs) + DINOv2-S ~0.1-1 s per view, ~0.3 s per SAM prompt on 2 CPU cores; "
+            "Spot prepares in ~500 s CPU (iSeg click data ~260 s of it; extrapolated, load 20)",
+    "balanced": "SAM 2.1-tiny ~3.3 s (207 GFLOPs) + DINOv2-B ~0.3-1 s per view on 2 CPU cores",
+    "paper": "SAM ViT-H ~6 TFLOPs per view: minutes on a GPU, hours on a CPU",
+}
 
 PROFILES: dict[str, Profile] = {
     "gpu": Profile(
@@ -73,6 +104,27 @@ PROFILES: dict[str, Profile] = {
         sam_type="tiny", sam_checkpoint="sam_tiny_random.pth",
         dino_views=8, sam_views=4, sam_input_size=64,
         field_width=32, field_depth=1, distill_epochs=1, random_weights=True),
+    "fast": Profile(
+        name="fast", description="CPU / Apple default: EdgeTAM on 24 views, DINOv2-S/14 with registers",
+        dino_id="facebook/dinov2-with-registers-small", dino_input_size=224,
+        sam_type="edgetam", sam_checkpoint="", sam_id="yonigozlan/EdgeTAM-hf",
+        dino_views=100, sam_views=24, sam_input_size=512,
+        field_width=256, field_depth=3, distill_epochs=3,
+        cost=PROFILE_COSTS["fast"]),
+    "balanced": Profile(
+        name="balanced", description="CPU, more time: SAM 2.1-tiny on 24 views, DINOv2-B/14 with registers",
+        dino_id="facebook/dinov2-with-registers-base", dino_input_size=224,
+        sam_type="sam2.1-hiera-tiny", sam_checkpoint="", sam_id="facebook/sam2.1-hiera-tiny",
+        dino_views=100, sam_views=24, sam_input_size=512,
+        field_width=256, field_depth=3, distill_epochs=3,
+        cost=PROFILE_COSTS["balanced"]),
+    "paper": Profile(
+        name="paper", description="CUDA default, the reference: DINOv2-L/14 with registers, SAM ViT-H, 1000 views each",
+        dino_id="facebook/dinov2-with-registers-large", dino_input_size=224,
+        sam_type="vit_h", sam_checkpoint="sam_vit_h_4b8939.pth",
+        dino_views=1000, sam_views=1000, sam_input_size=224,
+        field_width=1024, field_depth=4, distill_epochs=3,
+        cost=PROFILE_COSTS["paper"]),
 }
 
 

@@ -106,7 +106,34 @@ def load_sam(model_type: str, checkpoint: str | Path, device: torch.device, fetc
     return SamSegmenter(sam, model_id=model_id, device=device, random_weights=random_weights)
 
 
-class SamSegmenter:
+class CachedImageSegmenter:
+    """What every SAM backend shares: an LRU of image embeddings behind `set_image`.
+
+    Subclasses provide `model_id`, `cache_size`, `_cache` (an OrderedDict), `encode` (B images -> B
+    embeddings) and `set_embedding`.
+    """
+
+    model_id: str
+    cache_size: int
+    _cache: "OrderedDict[str, torch.Tensor]"
+
+    def set_image(self, rgb: np.ndarray) -> None:
+        """Make `rgb` the image to prompt; its embedding is computed once per (content, model)."""
+        rgb = _check_images(np.asarray(rgb)[None])[0]
+        key = hashlib.sha256(self.model_id.encode() + str(rgb.shape).encode() + rgb.tobytes()).hexdigest()
+        emb = self._cache.get(key)
+        if emb is None:
+            emb = self.encode(rgb[None])[0]
+            self._cache[key] = emb  # a new key is already the most recent
+        else:
+            self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:  # evicting last: cache_size=0 just keeps nothing
+            self._cache.popitem(last=False)
+        self.set_embedding(emb, rgb.shape[:2])
+
+
+
+class SamSegmenter(CachedImageSegmenter):
     """One SAM model on one device, with an LRU of image embeddings and a current image to prompt."""
 
     dim = 256
@@ -127,6 +154,11 @@ class SamSegmenter:
         self._image_hw: tuple[int, int] | None = None
 
     # ----- embeddings -------------------------------------------------------------------------
+    @property
+    def embedding_shape(self) -> tuple[int, int, int]:
+        """Shape of one `encode` output, what `set_embedding` takes."""
+        return (256, self.grid, self.grid)
+
     def resized_hw(self, H: int, W: int) -> tuple[int, int]:
         """The (h, w) SAM resizes an H x W image to before padding bottom/right to a square."""
         return ResizeLongestSide.get_preprocess_shape(H, W, self.img_size)
@@ -158,28 +190,14 @@ class SamSegmenter:
             out.append(emb.float().cpu())
         return torch.cat(out)
 
-    def set_image(self, rgb: np.ndarray) -> None:
-        """Make `rgb` the image to prompt; its embedding is computed once per (content, model)."""
-        rgb = _check_images(np.asarray(rgb)[None])[0]
-        key = hashlib.sha256(self.model_id.encode() + str(rgb.shape).encode() + rgb.tobytes()).hexdigest()
-        emb = self._cache.get(key)
-        if emb is None:
-            emb = self.encode(rgb[None])[0]
-            self._cache[key] = emb  # a new key is already the most recent
-        else:
-            self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_size:  # evicting last: cache_size=0 just keeps nothing
-            self._cache.popitem(last=False)
-        self.set_embedding(emb, rgb.shape[:2])
-
     def set_embedding(self, embedding: torch.Tensor | np.ndarray, image_hw: tuple[int, int]) -> None:
         """Prompt against a known embedding (256, g, g) of an image of size (H, W)."""
         emb = torch.as_tensor(embedding, dtype=torch.float32)
         if emb.dim() == 3:
             emb = emb[None]
-        if tuple(emb.shape[1:]) != (256, self.grid, self.grid):
+        if tuple(emb.shape[1:]) != self.embedding_shape:
             raise BsbError(f"embedding shape {tuple(emb.shape)} does not fit this SAM "
-                           f"(expects (256, {self.grid}, {self.grid}))", "bad_request")
+                           f"(expects {self.embedding_shape})", "bad_request")
         H, W = int(image_hw[0]), int(image_hw[1])
         self._predictor.features = emb.to(self.device)
         self._predictor.original_size = (H, W)

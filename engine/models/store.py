@@ -3,7 +3,8 @@
 SAM checkpoints are plain files in our models folder (`BSB_MODELS_DIR`, else the user cache dir), fetched
 from Meta's URLs into `<file>.part` with HTTP Range resume, verified, then atomically renamed. Meta
 publishes MD5 digests for them (their file names carry the digest's first hex digits), so those are what
-we verify; `verify` also takes sha256. DINOv2 goes through the Hugging Face cache (`HF_HOME` etc.).
+we verify; `verify` also takes sha256. DINOv2, SAM 2.1 and EdgeTAM go through the Hugging Face cache
+(`HF_HOME` etc.), as transformers-format folders (config.json + model.safetensors).
 Offline (`BSB_OFFLINE=1`, `HF_HUB_OFFLINE=1` or the argument) never touches the network. Loading NEVER
 falls back to random weights: missing weights are a ModelMissingError with the command that fetches them.
 """
@@ -24,6 +25,7 @@ from engine.errors import ModelMissingError
 from engine.models.dino import DinoFeatures, load_dino
 from engine.models.profiles import Profile, get_profile
 from engine.models.sam import SamSegmenter, load_sam
+from engine.models.sam2 import Sam2Segmenter, load_sam2
 from engine.models.tiny import ensure_tiny_models
 
 SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -128,11 +130,14 @@ def download(url: str, dest: str | Path, digest: str | None = None, progress: bo
     return dest
 
 
-def dino_cached(hub_id: str) -> bool:
-    """Is this DINOv2 in the local Hugging Face cache (config and weights)?"""
+HF_FILES = ["config.json", "model.safetensors"]
+
+
+def hf_cached(hub_id: str) -> bool:
+    """Is this transformers model in the local Hugging Face cache (config and weights)?"""
     from huggingface_hub import try_to_load_from_cache
 
-    return all(isinstance(try_to_load_from_cache(hub_id, f), str) for f in ("config.json", "model.safetensors"))
+    return all(isinstance(try_to_load_from_cache(hub_id, f), str) for f in HF_FILES)
 
 
 def profile_status(profile: Profile, folder: str | Path | None = None) -> dict[str, tuple[bool, str]]:
@@ -141,9 +146,11 @@ def profile_status(profile: Profile, folder: str | Path | None = None) -> dict[s
     if profile.random_weights:
         return {"dino": (True, f"built on demand in {folder / 'tiny'}"),
                 "sam": (True, f"built on demand in {folder / 'tiny'}")}
-    sam_path = folder / profile.sam_checkpoint
-    return {"dino": (dino_cached(profile.dino_id), f"Hugging Face cache: {profile.dino_id}"),
-            "sam": (sam_path.is_file(), str(sam_path))}
+    if profile.sam_id:
+        sam = (hf_cached(profile.sam_id), f"Hugging Face cache: {profile.sam_id}")
+    else:
+        sam = ((folder / profile.sam_checkpoint).is_file(), str(folder / profile.sam_checkpoint))
+    return {"dino": (hf_cached(profile.dino_id), f"Hugging Face cache: {profile.dino_id}"), "sam": sam}
 
 
 def fetch_profile(profile: Profile, folder: str | Path | None = None, offline: bool | None = None,
@@ -154,29 +161,37 @@ def fetch_profile(profile: Profile, folder: str | Path | None = None, offline: b
         ensure_tiny_models(folder / "tiny")
         return
     sam_path = folder / profile.sam_checkpoint
-    need_sam, need_dino = not sam_path.is_file(), not dino_cached(profile.dino_id)
+    need_sam = not (hf_cached(profile.sam_id) if profile.sam_id else sam_path.is_file())
+    need_dino = not hf_cached(profile.dino_id)
     if (need_sam or need_dino) and is_offline(offline):
-        missing = [str(sam_path)] * need_sam + [profile.dino_id] * need_dino
+        missing = [profile.sam_id or str(sam_path)] * need_sam + [profile.dino_id] * need_dino
+        where = "the Hugging Face cache" if profile.sam_id else str(folder)
         raise ModelMissingError(
             f"offline mode (BSB_OFFLINE/HF_HUB_OFFLINE) is on and these weights are missing: {', '.join(missing)}; run "
-            f"`{fetch_command(profile)}` on a connected machine (the SAM file goes into {folder})")
-    if need_sam:
+            f"`{fetch_command(profile)}` on a connected machine (the SAM weights go into {where})")
+    if need_sam and profile.sam_id:
+        _hf_download(profile.sam_id, profile)
+    elif need_sam:
         ckpt = SAM_CHECKPOINTS[profile.sam_type]
         download(ckpt.url, sam_path, ckpt.digest, progress=progress)
     if need_dino:
-        from huggingface_hub import snapshot_download
+        _hf_download(profile.dino_id, profile)
 
-        try:
-            snapshot_download(profile.dino_id, allow_patterns=["config.json", "model.safetensors"])
-        except Exception as exc:  # hub errors come in many classes; all mean "could not fetch"
-            raise ModelMissingError(f"could not download {profile.dino_id} from Hugging Face "
-                                    f"({type(exc).__name__}); check the connection and retry "
-                                    f"`{fetch_command(profile)}`") from None
+
+def _hf_download(hub_id: str, profile: Profile) -> None:
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(hub_id, allow_patterns=HF_FILES)
+    except Exception as exc:  # hub errors come in many classes; all mean "could not fetch"
+        raise ModelMissingError(f"could not download {hub_id} from Hugging Face "
+                                f"({type(exc).__name__}); check the connection and retry "
+                                f"`{fetch_command(profile)}`") from None
 
 
 def load_profile_models(profile: Profile | str, folder: str | Path | None = None,
                         device: torch.device | None = None, offline: bool | None = None
-                        ) -> tuple[DinoFeatures, SamSegmenter]:
+                        ) -> tuple[DinoFeatures, SamSegmenter | Sam2Segmenter]:
     """The profile's DINOv2 and SAM on `device`, fetching missing weights unless offline.
 
     The `tiny` profile writes tiny random models once and loads them through the same loaders; both
@@ -192,4 +207,6 @@ def load_profile_models(profile: Profile | str, folder: str | Path | None = None
     hint = fetch_command(profile)
     fetch_profile(profile, folder, offline=offline)
     dino = load_dino(profile.dino_id, device, profile.dino_input_size, offline=True, fetch_hint=hint)
+    if profile.sam_id:
+        return dino, load_sam2(profile.sam_id, device, offline=True, fetch_hint=hint)
     return dino, load_sam(profile.sam_type, folder / profile.sam_checkpoint, device, fetch_hint=hint)
