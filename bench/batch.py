@@ -39,8 +39,8 @@ from engine.batch.runner import BatchOptions, run_batch  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "eval" / "data" / "psb"
 # PSB meshes the tiny profile's 56-pixel DINO views can cover (thin shapes such as glasses cannot).
-MESHES = ("cup/22", "cup/23", "cup/24", "vase/367", "vase/368", "teddy/161", "teddy/162", "bust/316",
-          "bust/317", "fourleg/382", "armadillo/284", "mech/323")
+MESHES = ("cup/22", "cup/23", "cup/24", "vase/367", "vase/368", "vase/374", "teddy/161", "teddy/162",
+          "teddy/174", "bust/316", "fourleg/382", "armadillo/284")
 GPU_SPEEDUP = 10.0 / 0.2  # laptop GPU (~10 TFLOP/s effective) over this VM (~0.2 TFLOP/s fp32 on ViTs)
 MODEL_STAGES = ("prepare", "set_image", "match")  # the rest (load_mesh, write) stays on the CPU
 
