@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_commands(sub)
+    from engine.batch.cli import add_command as add_batch
+
+    add_batch(sub)
     return parser
 
 
