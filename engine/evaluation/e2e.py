@@ -162,9 +162,9 @@ def distill_cosine(space: Space, lm: LabelledMesh, prepared) -> float:
     return float(cos.mean())
 
 
-def mesh_trials(space: Space, name: str, protocol: E2EProtocol, decals: bool = True) -> Iterator[Record]:
+def mesh_trials(space: Space, lm: LabelledMesh, protocol: E2EProtocol, decals: bool = True) -> Iterator[Record]:
     """Part (and decal) clicks on held-out images of one mesh, drawn exactly as the planted benchmark does."""
-    lm = load_labelled(name)
+    name = lm.name
     prepared = space.prepare(lm)
     for v, cam in enumerate(evaluation_views(protocol.views, _seed(protocol.seed, name, "views"))):
         scene = render_scene(lm, cam, protocol.size, seed=_seed(protocol.seed, name, v))
@@ -188,8 +188,13 @@ def cross_trials(space: Space, image_name: str, shape_name: str, protocol: E2EPr
             yield from answer(space, shape_lm, prepared, pimage, t, _seed(protocol.seed, t))
 
 
-def mesh_space(name: str, protocol: E2EProtocol, settings, cache_dir: Path | None, **kw) -> Space:
-    return Space(f"mesh:{name}", load_labelled(name).n_parts, protocol, settings, cache_dir, **kw)
+def mesh_space(lm: LabelledMesh, protocol: E2EProtocol, settings, cache_dir: Path | None, **kw) -> Space:
+    return Space(f"mesh:{lm.name}", lm.n_parts, protocol, settings, cache_dir, **kw)
+
+
+def bsb_part_iou(records: list[Record]) -> float:
+    """Mean final part IoU of BSB's part clicks."""
+    return float(np.mean([r.part_iou for r in records if r.kind == "part" and r.method == "bsb"]))
 
 
 # ----- figures ---------------------------------------------------------------------------------------
@@ -301,8 +306,9 @@ def run_sweeps(base: dict[str, Space], protocol: E2EProtocol, settings, cache_di
         proto = replace(protocol, segmenter=replace(protocol.segmenter, error_rate=float(err)))
         recs = []
         for name in meshes:
-            space = base[name] if err == protocol.segmenter.error_rate else mesh_space(name, proto, settings, cache_dir)
-            recs += list(mesh_trials(space, name, proto))
+            lm = load_labelled(name)
+            space = base[name] if err == protocol.segmenter.error_rate else mesh_space(lm, proto, settings, cache_dir)
+            recs += list(mesh_trials(space, lm, proto))
         rows.append(sweep_row("segmenter_error_rate", float(err), recs))
         if progress:
             progress(f"sweep: segmenter error rate {err}")
@@ -311,23 +317,24 @@ def run_sweeps(base: dict[str, Space], protocol: E2EProtocol, settings, cache_di
         for name in meshes:
             space = base[name] if conf == protocol.features.confusion else base[name].variant(
                 replace(protocol.features, confusion=float(conf)))
-            recs += list(mesh_trials(space, name, protocol))
+            recs += list(mesh_trials(space, load_labelled(name), protocol))
         rows.append(sweep_row("feature_confusion", float(conf), recs))
         if progress:
             progress(f"sweep: feature confusion {conf}")
     return rows
 
 
-def run(protocol: E2EProtocol, settings, cache_dir: Path | None,
-        progress: Callable[[str], None] | None = None) -> tuple[list[Record], list[Record], list[float], dict[str, Space]]:
+def run(protocol: E2EProtocol, settings, cache_dir: Path | None, progress: Callable[[str], None] | None = None
+        ) -> tuple[list[Record], list[Record], list[float], dict[str, Space]]:
     """Every part/decal trial of `protocol.meshes` and every cross trial; the spaces are kept for sweeps."""
     records, cosines, spaces = [], [], {}
     for name in protocol.meshes:
-        space = mesh_space(name, protocol, settings, cache_dir)
+        lm = load_labelled(name)
+        space = mesh_space(lm, protocol, settings, cache_dir)
         spaces[name] = space
         start = time.perf_counter()
-        records += list(mesh_trials(space, name, protocol))
-        cosines.append(distill_cosine(space, load_labelled(name), space.prepared[name]))
+        records += list(mesh_trials(space, lm, protocol))
+        cosines.append(distill_cosine(space, lm, space.prepared[name]))
         if progress:
             progress(f"{name}: {time.perf_counter() - start:.0f}s (distill cosine {cosines[-1]:.2f})")
     cross = []

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -478,7 +478,3 @@ def oracle_models(registry: Registry, features: PlantedConfig = PlantedConfig(),
     from engine.pipeline import Models
 
     return Models(OracleFeatures(registry, features, seed, shuffle=shuffle), OracleSam(registry, segmenter), profile)
-
-
-def with_confusion(config: PlantedConfig, confusion: float) -> PlantedConfig:
-    return replace(config, confusion=float(confusion))
