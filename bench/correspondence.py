@@ -7,8 +7,13 @@ painted decal (success: "no corresponding part"), and cross-instance clicks betw
 Modes: "real" uses the profile's SAM + DINOv2 weights through the engine's preparation; without weights
 the run is "oracle": a ground-truth segmenter and planted features (engine.evaluation.oracle), which
 measures the matching logic only. `--profile tiny` runs the real path on random weights ("plumbing").
-Prints a table, then one JSON line (keys: mode, bsb_success, nn_success, random_success,
-no_part_rejection_rate, ...). `--quick`: 4 meshes, 2 views, one cross pair (under a minute in oracle mode).
+"e2e" runs every trial through the engine's real preparation, BSB and iSeg seeding with ORACLE teachers
+(engine.evaluation.e2e, oracle_models) and the shipped cpu profile settings (`--set key=value` overrides
+them, e.g. `--set sam_views=8 --set sam_steps=150 --set iseg.steps=400`, for quality-vs-seconds sweeps);
+it also sweeps the oracle segmenter's error rate and the feature confusion.
+Prints a table, then one JSON line (keys: mode, bsb_success, ...; e2e: e2e_bsb_success, e2e_bsb_success_se,
+...). `--quick`: 4 meshes, 2 views, one cross pair (under a minute in oracle mode); with e2e: 2 small meshes,
+one cross pair and a one-mesh sweep (under 10 minutes on a quiet 2-core machine).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from engine.evaluation.data import list_meshes  # noqa: E402
 from engine.evaluation.oracle import PlantedConfig  # noqa: E402
 
 QUICK_MESHES = ("airplane/61", "chair/101", "human/1", "fourleg/382")
+E2E_QUICK_MESHES = ("glasses/59", "bird/243")
+E2E_SWEEP_MESHES = ("glasses/59", "bird/243", "plier/201", "chair/101")  # full run: a fixed, varied subset
 PAIRS = tuple((a, b) for a in C.SEMANTIC_AIRPLANES for b in C.SEMANTIC_AIRPLANES if a != b)
 
 
@@ -49,10 +56,68 @@ def choose_models(args: argparse.Namespace) -> C.Models:
     return C.RealModels(session)
 
 
+def parse_overrides(pairs: list[str]) -> dict:
+    """`key=value` settings overrides (JSON values, else strings); `iseg.key=value` sets an iSeg option."""
+    out: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value, got {pair!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if key.startswith("iseg."):
+            out.setdefault("iseg", {})[key[5:]] = value
+        else:
+            out[key] = value
+    return out
+
+
+def run_e2e(args: argparse.Namespace, start: float) -> None:
+    """The end-to-end benchmark (engine.evaluation.e2e): shipped cpu settings plus `--set` overrides."""
+    from engine.evaluation import e2e
+    from engine.pipeline import settings_for
+
+    overrides = parse_overrides(args.set or [])
+    base = settings_for("cpu")
+    iseg = {**base.iseg, **overrides.pop("iseg", {})}
+    settings = settings_for("cpu", **overrides, iseg=iseg)
+    meshes = tuple(args.meshes) if args.meshes else (E2E_QUICK_MESHES if args.quick else
+                                                     tuple(e.name for e in list_meshes()))
+    protocol = e2e.E2EProtocol(meshes=meshes, views=args.views or (2 if args.quick else 3),
+                               clicks=args.clicks or (6 if args.quick else 5),
+                               cross_pairs=() if args.no_cross else PAIRS[:1] if args.quick else PAIRS,
+                               size=args.size, seed=args.seed)
+    say = lambda m: print(f"[{time.perf_counter() - start:6.1f}s] {m}", file=sys.stderr, flush=True)  # noqa: E731
+    cache = args.cache or Path.home() / ".cache" / "bsb-engine-e2e"
+    records, cross, cosines, spaces = e2e.run(protocol, settings, cache, progress=say)
+    figures = e2e.summarize(records, cross, cosines)
+    sweep_meshes = tuple(m for m in (meshes[:1] if args.quick else E2E_SWEEP_MESHES) if m in spaces)
+    sweeps = [] if args.no_sweep else e2e.run_sweeps(
+        spaces, protocol, settings, cache, sweep_meshes, args.error_levels, args.confusion_levels, progress=say)
+    if args.trials_out:
+        args.trials_out.parent.mkdir(parents=True, exist_ok=True)
+        args.trials_out.write_text("".join(json.dumps(asdict(r)) + "\n" for r in records + cross))
+    fresh = [s for sp in spaces.values() for s in sp.prepare_seconds.values()]
+    print(e2e.format_table(figures, sweeps))
+    print(f"preparation: {len(fresh)} fresh, {sum(fresh) / max(len(fresh), 1):.1f}s each on average "
+          f"(cached ones not counted)")
+    record = {"mode": "e2e", **figures, "sweeps": sweeps, "note": e2e.NOTE, "random_weights": False,
+              "settings": settings.to_dict(), "overrides": parse_overrides(args.set or []),
+              "prepare_s_mean": sum(fresh) / len(fresh) if fresh else None, "n_prepared_fresh": len(fresh),
+              "protocol": {"meshes": len(meshes), "views": protocol.views, "clicks": protocol.clicks,
+                           "cross_pairs": len(protocol.cross_pairs), "seed": protocol.seed,
+                           "sweep_meshes": list(sweep_meshes)},
+              "oracle": {"features": asdict(protocol.features), "segmenter": asdict(protocol.segmenter)},
+              "seconds": round(time.perf_counter() - start, 1)}
+    print(json.dumps(record))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a small subset, under a minute in oracle mode")
-    ap.add_argument("--mode", choices=("auto", "oracle", "real"), default="auto")
+    ap.add_argument("--mode", choices=("auto", "oracle", "real", "e2e"), default="auto")
     ap.add_argument("--profile", default=None, help="cpu, gpu or tiny (default: by device)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--models", type=Path, default=None, help="models folder")
@@ -64,11 +129,21 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--trials-out", type=Path, default=None, help="write every outcome as JSON lines here")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="e2e: override a preparation setting")
+    ap.add_argument("--no-sweep", action="store_true", help="e2e: skip the error-rate and confusion sweeps")
+    ap.add_argument("--no-cross", action="store_true", help="e2e: skip the cross-instance airplanes")
+    ap.add_argument("--error-levels", type=float, nargs="*", default=[0.0, 0.1, 0.3],
+                    help="e2e: oracle segmenter error rates to sweep")
+    ap.add_argument("--confusion-levels", type=float, nargs="*", default=[0.0, 0.5, 1.0],
+                    help="e2e: feature confusion levels to sweep")
     args = ap.parse_args()
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.mode == "e2e":
+        run_e2e(args, time.perf_counter())
+        return
 
     meshes = tuple(args.meshes) if args.meshes else (QUICK_MESHES if args.quick else
                                                      tuple(e.name for e in list_meshes()))

@@ -5,6 +5,11 @@ itself, coloured and from a view that preparation never uses, with the click on 
 first writes a contact sheet of the mesh's renders (needs no model), then loads the profile's models: with
 real weights it writes the match; without them it stops with the model store's message and a hint for the
 plumbing check (`--profile tiny`, random weights, labelled so in the output and the picture).
+
+`python -m engine.demo --oracle` is the ORACLE run: the procedural sample chair (engine.sample_meshes,
+parts known by construction) prepared and matched through the real `Session` path with the shipped cpu
+settings, but with oracle teachers (engine.evaluation.oracle_models) instead of SAM and DINOv2. It checks
+that a click on the seat in a held-out image selects the seat; every output says it is an oracle run.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +28,10 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SPEC = "demo.json"
 REFERENCE_EYE = (1.3, 0.6, -1.3)  # front three-quarter view of Spot's head (Spot faces -Z, Y up)
 REFERENCE_SIZE = (512, 384)  # (W, H): not square, so the image-frame handling is exercised
+ORACLE_NOTE = "ORACLE RUN: teachers answer from the chair's known parts, not SAM/DINOv2"
+ORACLE_EYE = (0.9, 1.3, 1.5)  # front, above, a little to the side of the chair (internal frame, Y up)
+ORACLE_SIZE = 256
+ORACLE_SPACE = "sample:chair"
 
 
 def _say(text: str) -> None:
@@ -127,5 +137,86 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def oracle_chair():
+    """The sample chair as a labelled mesh (engine.evaluation.data.LabelledMesh) and its part names."""
+    from engine.evaluation.data import LabelledMesh
+    from engine.mesh import mesh_from_arrays
+    from engine.sample_meshes import chair
+
+    v, f, labels, names = chair()
+    mesh = mesh_from_arrays(v, f)  # Z-up, as Blender sends it; parts share no vertex
+    return LabelledMesh("sample/chair", "chair", mesh, labels[mesh.faces[:, 0]].astype(np.int32), tuple(names))
+
+
+@dataclass
+class OracleRun:
+    seat_iou: float  # final 3D selection vs the seat's vertices
+    winner_in_seat: bool  # the BSB winner lies strictly inside the seat
+    match: object  # engine.bsb.result.MatchResult
+    click: tuple[float, float]
+    prepare_seconds: float
+    cached: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.winner_in_seat and self.seat_iou >= 0.5
+
+
+def oracle_run(cache: Path | None, out: Path | None = None, progress=None) -> OracleRun:
+    """Prepare the sample chair under oracle teachers (shipped cpu settings), click the seat, check the answer."""
+    from engine import results
+    from engine.bsb.regions import interior_pixel
+    from engine.cameras import look_at
+    from engine.evaluation.e2e import strictly_inside, vertex_iou
+    from engine.evaluation.oracle_models import Registry, oracle_models, register_renders, register_scene
+    from engine.evaluation.scenes import render_scene
+    from engine.images import image_from_array
+    from engine.pipeline import Session, settings_for
+    from engine.preview import save_png
+
+    lm = oracle_chair()
+    seat = lm.part_names.index("seat")
+    registry = Registry(ORACLE_SPACE, lm.n_parts)
+    session = Session(device="cpu", models=oracle_models(registry), settings=settings_for("cpu"),
+                      cache_dir=cache, use_cache=cache is not None)
+    register_renders(registry, lm, session.settings)
+    scene = render_scene(lm, look_at(np.array(ORACLE_EYE)), ORACLE_SIZE, seed=0, decal_radius=0.0)
+    register_scene(registry, lm, scene)
+    x, y = interior_pixel(scene.part_map == seat)
+    click = (float(x) + 0.5, float(y) + 0.5)
+    prepared = session.prepare(lm.mesh, progress=progress)
+    image = session.set_image(image_from_array(scene.image))
+    match = session.match(prepared, image, [click], [1])
+    run = OracleRun(vertex_iou(match.vertex_mask if match.found else None, lm.vertex_parts[:, seat]),
+                    bool(match.found) and strictly_inside(lm, match.winner_vertex, seat), match, click,
+                    prepared.seconds, prepared.cached)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        left = results.overlay(image.image.rgb, match.part_mask, match.object_mask, [(click[0], click[1], 1)])
+        right = results.render_highlight(lm.mesh, match.vertex_mask)
+        lines = [f"seat IoU {run.seat_iou:.2f}, winner inside the seat: {run.winner_in_seat}",
+                 results.describe_match(match, lm.mesh.num_vertices)]
+        save_png(out / "oracle_preview.png", results.titled([left, right], ORACLE_NOTE, lines))
+        results.write_colored_ply(out / "oracle_result.ply", lm.mesh, match.vertex_mask)
+    return run
+
+
+def oracle_main(out: Path, cache: Path | None) -> int:
+    """The oracle run from the command line; exit code 1 when the seat is not selected."""
+    _say(f"*** {ORACLE_NOTE} ***")
+    run = oracle_run(cache, out)
+    _say(f"[oracle] prepared in {run.prepare_seconds:.1f}s{' (from the cache)' if run.cached else ''}")
+    _say(f"[oracle] click ({run.click[0]:.1f}, {run.click[1]:.1f}) on the seat: seat IoU {run.seat_iou:.2f}, "
+         f"winner vertex {run.match.winner_vertex} {'inside' if run.winner_in_seat else 'NOT inside'} the seat")
+    _say(f"[oracle] preview: {out / 'oracle_preview.png'}, coloured mesh: {out / 'oracle_result.ply'}")
+    _say(f"*** {'the seat was selected' if run.ok else 'FAILED: the seat was not selected'} ({ORACLE_NOTE}) ***")
+    return 0 if run.ok else 1
+
+
 if __name__ == "__main__":
-    write_assets()
+    ap = argparse.ArgumentParser(description="regenerate the demo assets, or (--oracle) run the oracle demo")
+    ap.add_argument("--oracle", action="store_true", help="the oracle run on the sample chair")
+    ap.add_argument("--out", type=Path, default=Path("out/demo"))
+    ap.add_argument("--cache", type=Path, default=None)
+    cli = ap.parse_args()
+    sys.exit(oracle_main(cli.out, cli.cache) if cli.oracle else write_assets())

@@ -388,16 +388,17 @@ class Session:
 
     def __init__(self, profile: str | None = None, device: str = "auto", models_dir: Path | None = None,
                  cache_dir: Path | None = None, offline: bool | None = None, settings: PrepareSettings | None = None,
-                 use_cache: bool = True) -> None:
+                 use_cache: bool = True, models: Models | None = None) -> None:
+        """`models`: ready 2D models (e.g. the evaluation's oracle teachers) instead of the profile's weights."""
         from engine.device import pick_device
 
         self.device = pick_device(device)
-        self.profile = profile or default_profile(self.device)
+        self.profile = profile or (models.profile if models is not None else default_profile(self.device))
         self.settings = settings or settings_for(self.profile)
         self.models_dir = models_dir
         self.offline = offline
         self.cache = Cache(cache_dir) if use_cache else None
-        self._models: Models | None = None
+        self._models: Models | None = models
 
     @property
     def random_weights(self) -> bool:

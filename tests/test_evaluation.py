@@ -236,3 +236,100 @@ def test_report_reads_last_json_lines_and_lists_missing_figures():
     assert "raster_224_50k_views_per_s" in keys and "bsb_success" in keys and "seconds" not in keys
     assert "match_click_s_cpu" in missing and "bsb_success" not in missing
     assert figures["mode"] == "oracle" and "per_category" not in figures
+
+
+# ----- oracle teachers behind the real model interfaces (engine.evaluation.oracle_models) --------------
+
+def _oracle(quadrants, front_scene, **segmenter):
+    from engine.evaluation.oracle_models import Registry, SegmenterConfig, oracle_models, register_scene
+
+    registry = Registry("test:quadrants", quadrants.n_parts)
+    register_scene(registry, quadrants, front_scene)
+    return registry, oracle_models(registry, segmenter=SegmenterConfig(**segmenter))
+
+
+def test_oracle_models_refuse_unregistered_images(quadrants, front_scene):
+    from engine.errors import BsbError
+
+    _, models = _oracle(quadrants, front_scene)
+    other = front_scene.image.copy()
+    other[0, 0, 0] ^= 1
+    with pytest.raises(BsbError, match="no ground truth"):
+        models.dino(other[None])
+    with pytest.raises(BsbError, match="no ground truth"):
+        models.sam.encode(other[None])
+
+
+def test_oracle_sam_answers_from_its_embedding_small_to_large(quadrants, front_scene):
+    """The embedding alone (as SamViewSegmenter holds it) brings back the image's ground truth; a click deep in
+    a quadrant gets that quadrant (its one piece) then the object, sorted small to large."""
+    from engine.bsb.regions import interior_pixel
+
+    _, models = _oracle(quadrants, front_scene)
+    emb = models.sam.encode(front_scene.image[None])
+    assert emb.shape == (1, 256, 64, 64)
+    models.sam.set_embedding(emb[0].clone(), front_scene.part_map.shape)
+    regions = front_scene.region_map()
+    part = int(front_scene.part_map[~front_scene.decal & (front_scene.part_map >= 0)][0])
+    x, y = interior_pixel((regions == part))
+    out = models.sam.predict(np.array([[[x + 0.5, y + 0.5]]]), np.array([[1]]))
+    piece, whole, obj = out.masks[0]
+    assert (piece == (regions == part)).all() and (whole == piece).all()
+    assert (obj == (front_scene.part_map >= 0)).all() and piece.sum() < obj.sum()
+    # a negative click on another part removes it from the object-level mask only
+    other = int(next(p for p in range(4) if p != part and (regions == p).any()))
+    ox, oy = interior_pixel(regions == other)
+    two = models.sam.predict(np.array([[[x + 0.5, y + 0.5], [ox + 0.5, oy + 0.5]]]), np.array([[1, 0]]),
+                             multimask=False)
+    assert two.masks.shape[1] == 1 and (two.masks[0, 0] == piece).all()
+    # a click on a decal answers the decal, the region no mesh part has
+    dx, dy = interior_pixel(front_scene.decal)
+    decal = models.sam.predict(np.array([[[dx + 0.5, dy + 0.5]]]), np.array([[1]])).masks[0, 0]
+    assert (decal == front_scene.decal).all()
+
+
+def test_oracle_sam_errors_follow_the_error_rate(quadrants, front_scene):
+    from engine.bsb.regions import interior_pixel
+
+    regions = front_scene.region_map()
+    x, y = interior_pixel(regions == 0)
+    pts = np.array([[[x + 0.5 + dx, y + 0.5]] for dx in np.linspace(-3, 3, 60)])
+    wrong = []
+    for rate in (0.0, 0.5):
+        _, models = _oracle(quadrants, front_scene, error_rate=rate, error_px=40)
+        models.sam.set_image(front_scene.image)
+        part = models.sam.predict(pts, np.ones((60, 1), int)).masks[:, 1]
+        wrong.append(float(np.mean([(m != (regions == 0)).any() for m in part])))
+    assert wrong[0] == 0.0 and 0.3 < wrong[1] < 0.7, wrong
+
+
+def test_oracle_features_tell_parts_apart_and_shuffle_breaks_them(quadrants, front_scene):
+    from engine.evaluation.oracle_models import Registry, oracle_models, register_scene
+
+    registry = Registry("test:quadrants", quadrants.n_parts)
+    register_scene(registry, quadrants, front_scene)
+    clean = oracle_models(registry, features=CLEAN).dino
+    shuffled = oracle_models(registry, features=CLEAN, shuffle=True).dino
+    truth = clean.vertex_truth(quadrants)  # what each vertex's renders teach
+    blocks = (front_scene.part_map == 3) & ~front_scene.decal  # 16 x 16 cells of 8 x 8 pixels
+    full = blocks.reshape(16, 8, 16, 8).all(axis=(1, 3))
+    r, c = np.argwhere(full)[0]
+    for model, right in ((clean, True), (shuffled, False)):
+        grid = model(front_scene.image[None])[0].numpy()
+        assert grid.shape == (clean.dim, 16, 16)
+        f = grid[:, r, c]
+        best = np.argmax([f @ truth[quadrants.interior_vertices(p)[0]] for p in range(4)])
+        assert (best == 3) == right
+
+
+def test_face_pieces_split_a_label_into_its_connected_pieces():
+    from engine.evaluation.oracle_models import face_pieces
+
+    a = trimesh.creation.box(extents=(1, 1, 1))
+    b = trimesh.creation.box(extents=(1, 1, 1))
+    b.apply_translation((3, 0, 0))
+    both = trimesh.util.concatenate([a, b])
+    mesh = mesh_from_arrays(np.asarray(both.vertices), np.asarray(both.faces))
+    lm = LabelledMesh("two/boxes", "two", mesh, np.zeros(len(mesh.faces), np.int32))  # one label, two boxes
+    pieces = face_pieces(lm)
+    assert len(np.unique(pieces)) == 2 and len(np.unique(pieces[:12])) == 1
