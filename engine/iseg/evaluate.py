@@ -43,7 +43,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def single_click_ious(model: ISegModel, faces: np.ndarray, labels: np.ndarray, clicks: np.ndarray,
-                      method: str = "otsu", connected: bool = True) -> np.ndarray:
+                      method: str = "otsu", connected: bool | None = None) -> np.ndarray:
     """IoU of the selection from one positive click at each vertex of `clicks` vs. that vertex's part."""
     out = []
     for v in clicks:
@@ -123,19 +123,27 @@ def corrective_click(faces: np.ndarray, selected: np.ndarray, target: np.ndarray
     return None if best is None else (best[1], best[2])
 
 
-def corrected_ious(model: ISegModel, faces: np.ndarray, labels: np.ndarray, first: int, corrections: int = 3,
-                   method: str = "otsu", connected: bool = True) -> np.ndarray:
-    """IoU with the part of vertex `first` after its click and after each of `corrections` corrective clicks."""
+def correction_run(model: ISegModel, faces: np.ndarray, labels: np.ndarray, first: int, corrections: int = 3,
+                   method: str = "otsu", connected: bool | None = None) -> list[tuple[list[tuple[int, bool]], np.ndarray]]:
+    """A simulated user on the part of vertex `first`: (clicks, selection) after its click and after each
+    of up to `corrections` corrective clicks (fewer when a selection is already exact)."""
     target = labels == labels[first]
     clicks = [(int(first), True)]
     out = []
     for k in range(corrections + 1):
         selected = select_vertices(model.predict(clicks), faces, clicks, method, connected=connected)
-        out.append(iou(selected, target))
-        if k < corrections:
-            nxt = corrective_click(faces, selected, target)
-            if nxt is None:   # exact already: later clicks change nothing
-                out += [out[-1]] * (corrections - k)
-                break
-            clicks.append(nxt)
-    return np.asarray(out)
+        out.append((list(clicks), selected))
+        nxt = corrective_click(faces, selected, target) if k < corrections else None
+        if nxt is None:
+            break
+        clicks.append(nxt)
+    return out
+
+
+def corrected_ious(model: ISegModel, faces: np.ndarray, labels: np.ndarray, first: int, corrections: int = 3,
+                   method: str = "otsu", connected: bool | None = None) -> np.ndarray:
+    """(corrections + 1,) IoU with the part of vertex `first` after its click and each corrective click
+    (an exact selection keeps its IoU of 1 for the clicks it no longer needs)."""
+    target = labels == labels[first]
+    ious = [iou(sel, target) for _, sel in correction_run(model, faces, labels, first, corrections, method, connected)]
+    return np.asarray(ious + [ious[-1]] * (corrections + 1 - len(ious)))
