@@ -1,11 +1,17 @@
-"""iSeg benchmark: oracle IoU on PSB meshes, per-click seconds at 50k vertices, decoder training seconds.
+"""iSeg benchmark: oracle IoU on PSB meshes with the shipped cpu profile, corrective clicks, per-click
+seconds at 50k vertices, decoder training seconds.
 
 Oracle IoU: features are planted smooth random functions of position, distilled through engine.distill
-(never the labels); the view segmenter is the rendered human segmentation (OracleViewSegmenter); one
-positive click on random interior vertices, Otsu + connected region, IoU against the vertex's part.
+(never the labels); the view segmenter is the rendered human segmentation (OracleViewSegmenter); the views,
+their size and the iSeg settings are the shipped cpu profile's (engine.pipeline.settings_for("cpu")),
+with uniform views. One positive click on random interior vertices, Otsu, then IoU against the vertex's
+part (`iseg_true_click_iou`), and after each of 3 corrective clicks, each placed at the centre of the
+largest wrong region as an interactive user would (`iseg_iou_after_corrections`, 0-3 clicks). Also:
+IoU at the fixed threshold 0.5 (calibration: BSB seeding thresholds there) and both region choices
+(the clicked connected piece vs every piece the decoder selects).
 Per-click time: a 50k-vertex sphere with random 256-d features and the default decoder (weights are
 random: speed only). Training time: `train_decoder` with the default ISegConfig on cup 22.
-Prints a table, then one JSON line. `--quick` keeps it under a minute on a quiet 2-core machine.
+Prints a table, then one JSON line.
 """
 
 from __future__ import annotations
@@ -26,34 +32,49 @@ sys.path.insert(0, str(ROOT))
 from engine.cameras import sphere_views  # noqa: E402
 from engine.iseg import ISegConfig, ISegModel, OracleViewSegmenter, select_vertices, train_iseg  # noqa: E402
 from engine.iseg.decoder import ClickDecoder, DecoderConfig  # noqa: E402
-from engine.iseg.evaluate import (distilled_planted_features, interior_vertices, single_click_ious,  # noqa: E402
-                                  vertex_labels)
+from engine.iseg.evaluate import (corrected_ious, distilled_planted_features, interior_vertices,  # noqa: E402
+                                  single_click_ious, vertex_labels)
 from engine.iseg.train import collect_samples, train_decoder  # noqa: E402
 from engine.mesh import load_mesh  # noqa: E402
+from engine.pipeline import settings_for  # noqa: E402
 from engine.raster import rasterize  # noqa: E402
 
 PSB = ROOT.parent / "shared" / "eval" / "data" / "psb"
-QUICK = [("bearing/344", "344_0"), ("glasses/59", "59_0"), ("plier/202", "202_0")]
-FULL = QUICK + [("cup/22", "22_0"), ("vase/368", "368_0"), ("airplane/61", "61_0"), ("mech/323", "323_1")]
+# (mesh, label file): airplane 61 with its semantic labels, where "wing" is two pieces of the mesh
+QUICK = [("airplane/61", "airplane/61_lpsb_semantic.seg"), ("glasses/59", "glasses/59_seg/59_0.seg"),
+         ("plier/202", "plier/202_seg/202_0.seg")]
+FULL = QUICK + [("bearing/344", "bearing/344_seg/344_0.seg"), ("cup/22", "cup/22_seg/22_0.seg"),
+                ("vase/368", "vase/368_seg/368_0.seg"), ("mech/323", "mech/323_seg/323_1.seg"),
+                ("fourleg/382", "fourleg/382_seg/382_0.seg"), ("chair/101", "chair/101_seg/101_0.seg")]
+CORRECTIONS = 3
 
 
-def load(name: str, seg: str):
+def load(name: str, labels: str):
     mesh = load_mesh(PSB / f"{name}.off", up="y")
-    labels = np.loadtxt(PSB / name.split("/")[0] / f"{seg.split('_')[0]}_seg" / f"{seg}.seg", dtype=np.int64)
-    return mesh, labels
+    return mesh, np.loadtxt(PSB / labels, dtype=np.int64)
 
 
-def oracle_iou(name: str, seg: str, views: int, res: int, clicks: int, config: ISegConfig) -> tuple[float, float]:
-    mesh, labels = load(name, seg)
-    raster = rasterize(mesh.vertices, mesh.faces, sphere_views(views), res)
+def oracle_case(name: str, label_file: str, clicks: int) -> dict:
+    """Train with the shipped cpu settings on one mesh and score `clicks` random interior clicks."""
+    settings = settings_for("cpu")
+    mesh, labels = load(name, label_file)
+    raster = rasterize(mesh.vertices, mesh.faces, sphere_views(settings.sam_views, "uniform"), settings.sam_size)
     features = distilled_planted_features(mesh.vertices, mesh.faces, raster, dim=64, sigma=2.0, steps=300)
     t = time.perf_counter()
-    model = train_iseg(mesh.vertices, mesh.faces, raster, features, OracleViewSegmenter(labels, raster), config)
+    model = train_iseg(mesh.vertices, mesh.faces, raster, features, OracleViewSegmenter(labels, raster),
+                       ISegConfig(**settings.iseg))
     seconds = time.perf_counter() - t
     n = len(mesh.vertices)
     vlab = vertex_labels(mesh.faces, labels, n)
-    picks = np.random.default_rng(7).choice(np.nonzero(interior_vertices(mesh.faces, labels, n))[0], clicks, replace=False)
-    return float(single_click_ious(model, mesh.faces, vlab, picks).mean()), seconds
+    picks = np.random.default_rng(7).choice(np.nonzero(interior_vertices(mesh.faces, labels, n))[0], clicks,
+                                            replace=False)
+    out = {"train_s": seconds}
+    for connected, region in ((True, "one"), (False, "all")):
+        out[f"otsu_{region}"] = single_click_ious(model, mesh.faces, vlab, picks, "otsu", connected)
+        out[f"fixed_{region}"] = single_click_ious(model, mesh.faces, vlab, picks, "fixed", connected)
+        out[f"corrections_{region}"] = np.array([corrected_ious(model, mesh.faces, vlab, int(v), CORRECTIONS,
+                                                                connected=connected) for v in picks])
+    return out
 
 
 def click_seconds(repeats: int = 5) -> tuple[int, float, float]:
@@ -81,7 +102,7 @@ def _sizes(config: ISegConfig) -> dict:
 
 def train_seconds(quick: bool) -> tuple[float, int, bool]:
     """Default-config decoder training on cup 22 (15k vertices, 40 views at 128 px)."""
-    mesh, labels = load("cup/22", "22_0")
+    mesh, labels = load("cup/22", "cup/22_seg/22_0.seg")
     views, res = (12, 96) if quick else (40, 128)
     raster = rasterize(mesh.vertices, mesh.faces, sphere_views(views), res)
     config = ISegConfig()
@@ -96,29 +117,65 @@ def train_seconds(quick: bool) -> tuple[float, int, bool]:
     return seconds, len(samples.view), steps < config.steps
 
 
+def _mean_se(values: np.ndarray) -> tuple[float, float]:
+    values = np.asarray(values, np.float64)
+    return float(values.mean()), float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
 def main() -> None:
+    from engine.iseg.postprocess import CONNECTED_DEFAULT
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="3 meshes x 8 clicks, short timing runs")
+    parser.add_argument("--oracle-only", action="store_true", help="skip the timing rows")
     args = parser.parse_args()
     meshes = QUICK if args.quick else FULL
-    views, res, clicks = (12, 96, 8) if args.quick else (20, 128, 15)
-    config = ISegConfig(steps=200, batch_size=8, pixels_per_sample=256) if args.quick else ISegConfig()
-    rows, ious = [], []
-    for name, seg in meshes:
-        score, seconds = oracle_iou(name, seg, views, res, clicks, config)
-        ious.append(score)
-        rows.append((f"oracle IoU {name} ({seg}), {clicks} clicks", f"{score:.3f}", f"train {seconds:.1f} s"))
-    n, first, per_click = click_seconds()
-    rows.append((f"click at {n} vertices (select incl. Otsu + region)", f"{per_click:.3f} s", f"first {first:.2f} s"))
-    train_s, n_samples, estimated = train_seconds(args.quick)
-    rows.append(("decoder training, default config, cup 22", f"{train_s:.1f} s",
-                 f"{n_samples} samples" + (" (extrapolated from 60 steps)" if estimated else "")))
+    clicks = 8 if args.quick else 16
+    rows, cases = [], {}
+    for name, label_file in meshes:
+        case = oracle_case(name, label_file, clicks)
+        print(name, {k: np.round(np.mean(v, 0), 3).tolist() for k, v in case.items()}, file=sys.stderr, flush=True)
+        cases[name] = case
+        region = "one" if CONNECTED_DEFAULT else "all"
+        rows.append((f"{name}: IoU 1 click, Otsu / 0.5, one piece", f"{case['otsu_one'].mean():.3f}",
+                     f"0.5: {case['fixed_one'].mean():.3f}; every piece: Otsu {case['otsu_all'].mean():.3f}, "
+                     f"0.5 {case['fixed_all'].mean():.3f}; train {case['train_s']:.0f} s"))
+        rows.append((f"{name}: IoU after 0-{CORRECTIONS} corrective clicks",
+                     f"{case['corrections_' + region].mean(0)[-1]:.3f}",
+                     " ".join(f"{x:.3f}" for x in case["corrections_" + region].mean(0)) + f" ({region})"))
+    pooled = {k: np.concatenate([c[k] for c in cases.values()]) for k in next(iter(cases.values())) if k != "train_s"}
+    region = "one" if CONNECTED_DEFAULT else "all"
+    result = {}
+    for key, label in (("otsu", "true_click_iou"), ("fixed", "true_click_iou_at_0_5")):
+        for r in ("one", "all"):
+            m, se = _mean_se(pooled[f"{key}_{r}"])
+            rows.append((f"all meshes: IoU 1 click, {'Otsu' if key == 'otsu' else 'threshold 0.5'}, "
+                         f"{'one piece' if r == 'one' else 'every piece'}", f"{m:.3f}", f"+- {se:.3f} (s.e.)"))
+            if r == region:
+                result[f"iseg_{label}"], result[f"iseg_{label}_se"] = round(m, 4), round(se, 4)
+    for r in ("one", "all"):
+        corr = pooled[f"corrections_{r}"]
+        rows.append((f"all meshes: IoU after 0-{CORRECTIONS} corrective clicks, "
+                     f"{'one piece' if r == 'one' else 'every piece'}", f"{corr.mean(0)[-1]:.3f}",
+                     " ".join(f"{x:.3f}" for x in corr.mean(0))))
+    corr = pooled[f"corrections_{region}"]
+    result["iseg_iou_after_corrections"] = [round(float(x), 4) for x in corr.mean(0)]
+    result["iseg_iou_after_corrections_se"] = [round(_mean_se(c)[1], 4) for c in corr.T]
+    result["iseg_region_one_piece_iou"] = round(float(pooled["otsu_one"].mean()), 4)
+    result["iseg_region_every_piece_iou"] = round(float(pooled["otsu_all"].mean()), 4)
+    result["n_clicks"] = int(len(corr))
+    if not args.oracle_only:
+        n, first, per_click = click_seconds()
+        rows.append((f"click at {n} vertices (select incl. Otsu + region)", f"{per_click:.3f} s", f"first {first:.2f} s"))
+        train_s, n_samples, estimated = train_seconds(args.quick)
+        rows.append(("decoder training, default config, cup 22", f"{train_s:.1f} s",
+                     f"{n_samples} samples" + (" (extrapolated from 60 steps)" if estimated else "")))
+        result.update(iseg_click_s_50k=round(per_click, 4), iseg_decoder_train_s=round(train_s, 2))
     width = max(len(r[0]) for r in rows)
-    print(f"{'measure':<{width}}  {'value':>10}  note")
+    print(f"{'measure':<{width}}  {'value':>8}  note")
     for name, value, note in rows:
-        print(f"{name:<{width}}  {value:>10}  {note}")
-    print(json.dumps({"iseg_oracle_mean_iou": round(float(np.mean(ious)), 4), "iseg_click_s_50k": round(per_click, 4),
-                      "iseg_decoder_train_s": round(train_s, 2), "quick": bool(args.quick)}))
+        print(f"{name:<{width}}  {value:>8}  {note}")
+    print(json.dumps({**result, "quick": bool(args.quick)}))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from engine.cameras import look_at
-from engine.iseg.clicks import accept_second_clicks, find_click_sites, second_click_partners, ClickSites
+from engine.iseg.clicks import (ClickSites, accept_confirming, accept_second_clicks, find_click_sites,
+                               second_click_partners)
 from engine.iseg.fps import farthest_point_sampling
 from engine.iseg.postprocess import connected_region, otsu_threshold, select_vertices, threshold_probability
 from engine.iseg.view_segmenters import OracleViewSegmenter
@@ -93,7 +94,9 @@ def test_second_click_filters():
     masks = np.stack([grown[0], shrunk[1], same[2], grown[0]])
     scores = np.array([0.9, 0.9, 0.9, 0.3])
     positive = np.array([True, False, True, True])
-    at = np.array([[3.5, 3.5]] * 4, np.float32)       # the first click, inside the first mask
+    # first click inside the first mask; second click where each answer puts (+) or leaves out (-) it
+    at = np.array([[[3.5, 3.5], [3.5, 6.5]], [[2.5, 2.5], [4.5, 2.5]], [[3.5, 3.5], [3.5, 6.5]],
+                   [[3.5, 3.5], [3.5, 6.5]]], np.float32)
     ok = accept_second_clicks(first, scores, masks, positive, at)
     assert ok.tolist() == [True, True, False, False]    # unchanged mask, low first score rejected
     # a positive that shrinks or a negative that grows is rejected
@@ -102,18 +105,25 @@ def test_second_click_filters():
     # a negative that removes the first click's own pixel is rejected
     wiped = first[:1].copy()
     wiped[0, 3, 3] = False
-    assert not accept_second_clicks(first[:1], scores[:1], wiped, np.array([False]), at[:1])[0]
+    assert not accept_second_clicks(first[:1], scores[:1], wiped, np.array([False]), at[1:2] * 0 + [[3.5, 3.5], [4.5, 2.5]])[0]
+    # a negative whose own pixel stays selected is rejected
+    assert not accept_second_clicks(first[1:2], scores[1:2], shrunk[1:2], np.array([False]), at[:1] * 0 + [[2.5, 2.5], [2.5, 3.5]])[0]
+    # confirming: a second positive on the same part that leaves the part as it is, holding both clicks
+    both = np.array([[[2.5, 2.5], [4.5, 4.5]]] * 3, np.float32)
+    confirmed = accept_confirming(first[:3], scores[:3], np.stack([first[0], grown[0], first[0]]), both)
+    assert confirmed.tolist() == [True, False, True]
+    assert not accept_confirming(first[:1], np.array([0.1]), first[:1], both[:1])[0]
 
 
-def test_second_click_partners_respect_the_first_mask():
+def test_second_click_partners_lie_in_the_region():
     sites = ClickSites(view=np.array([0, 0, 0, 0, 1]), vertex=np.array([0, 1, 2, 3, 4]),
                        xy=np.array([[1.5, 1.5], [2.5, 1.5], [6.5, 6.5], [5.5, 6.5], [1.5, 1.5]], np.float32))
     verts = np.array([[0, 0, 0], [0.1, 0, 0], [1.0, 0, 0], [0.45, 0, 0], [0, 0, 0]], np.float32)
     mask = np.zeros((8, 8), bool)
     mask[:4, :4] = True
     rng = np.random.default_rng(0)
-    neg = second_click_partners(sites, 0, mask, False, verts, 5, rng)
-    pos = second_click_partners(sites, 0, mask, True, verts, 5, rng)
+    neg = second_click_partners(sites, 0, mask, verts, 5, rng)
+    pos = second_click_partners(sites, 0, ~mask, verts, 5, rng)
     assert neg.tolist() == [1]                       # inside, same view, not the first vertex
     assert pos.tolist() == [3]      # outside, same view; 2 is too far (d^2 = 1 >= 0.5 x the farthest)
 
@@ -135,6 +145,15 @@ def test_oracle_returns_rendered_segments():
     removed = fine_seen[20, 20]
     assert np.array_equal(masks[2], (seen == 0) & (fine_seen != removed))
     assert scores.tolist() == [1, 1, 1, 0] and not masks[3].any()   # background click: nothing
+    # the wider answer: the clicked half and the half touching it; both halves touch here
+    part, part_scores, wider = oracle.segment_levels(np.zeros(2, int), np.array([left, [1.5, 1.5]], np.float32))
+    assert np.array_equal(part[0], seen == 0) and np.array_equal(wider[0], seen >= 0)
+    assert part_scores.tolist() == [1, 0] and not wider[1].any()
+    three = np.minimum((centres[:, 0] + 0.5) * 3, 2).astype(int)   # three vertical strips: 0 and 2 never touch
+    strips = OracleViewSegmenter(three, raster)
+    seen3 = np.where(raster.face_id[0] >= 0, three[np.maximum(raster.face_id[0], 0)], -1)
+    _, _, wider = strips.segment_levels(np.zeros(2, int), np.array([[21.5, 32.5], [32.5, 32.5]], np.float32))
+    assert np.array_equal(wider[0], (seen3 == 0) | (seen3 == 1)) and np.array_equal(wider[1], seen3 >= 0)
 
 
 def test_sam_view_segmenter_plumbing_with_a_tiny_random_sam():
@@ -155,3 +174,48 @@ def test_sam_view_segmenter_plumbing_with_a_tiny_random_sam():
     masks2, _ = seg.segment_views(views, np.array([[[24.5, 24.5], [10.5, 10.5]]] * 3, np.float32),
                                   np.array([[1, 0]] * 3))
     assert masks2.shape == (3, 48, 48)
+
+
+def test_focus_draws_are_weighted_back_to_the_true_part_share():
+    """Half the pixels drawn inside a 10% focus would train the part as ~50% of the view; the weights
+    must bring the weighted share of part pixels back to 10% (the calibration BSB's 0.5 threshold needs)."""
+    import torch
+    from engine.iseg.train import _bit, _draw_pixels, pixel_weights
+
+    n = 1000
+    for share in (0.1, 0.02, 0.6):
+        mask = np.zeros(n, bool)
+        mask[: int(share * n)] = True
+        packed = torch.from_numpy(np.packbits(mask)[None].repeat(64, 0))
+        batch, counts = torch.arange(64), torch.full((64,), n)
+        g = torch.Generator().manual_seed(0)
+        j = _draw_pixels(batch, counts, packed, 512, 256, g, torch.device("cpu"))
+        inside = _bit(packed, batch, j)
+        raw = inside.float().mean().item()
+        w = pixel_weights(inside, counts, torch.full((64,), int(mask.sum())), 0.5)
+        weighted = (w * inside).mean().item()
+        assert raw > share + 0.2 or share > 0.5            # the draw is biased toward the part...
+        assert abs(weighted - share) < 0.01 + 0.05 * share, (share, raw, weighted)   # ...the weights undo it
+        assert abs(w.mean().item() - 1.0) < 0.03
+
+
+def test_corrective_click_goes_to_the_middle_of_the_largest_error():
+    from engine.iseg.evaluate import corrected_ious, corrective_click
+
+    v, f = grid_square(11, 0.0)
+    col, row = np.arange(121) % 11, np.arange(121) // 11
+    target = col <= 5
+    spill = target | ((col >= 6) & (col <= 10) & (row >= 3) & (row <= 7))   # 25 false positives
+    missed = target & ~((col <= 1) & (row <= 1))                            # 4 false negatives
+    assert corrective_click(f, spill, target) == (7 * 11 - 11 * 2 + 8, False)   # centre of the spill: row 5, col 8
+    vertex, positive = corrective_click(f, missed, target)
+    assert positive and col[vertex] <= 1 and row[vertex] <= 1
+    both = missed | (spill & ~target)
+    assert corrective_click(f, both, target)[1] is False                    # the larger error first
+    assert corrective_click(f, target, target) is None
+
+    class Exact:      # answers the part of the clicks, to check the bookkeeping of corrected_ious
+        def predict(self, clicks):
+            return np.where(target, 0.9, 0.1) if len(clicks) > 1 else np.where(spill, 0.9, 0.1)
+    ious = corrected_ious(Exact(), f, target.astype(int), int(np.flatnonzero(target)[0]), corrections=3)
+    assert ious[0] == pytest.approx(target.sum() / spill.sum()) and ious[1:].tolist() == [1.0, 1.0, 1.0]

@@ -93,41 +93,56 @@ def cap_views_per_vertex(sites: ClickSites, max_views: int, rng: np.random.Gener
     return sites.subset(np.sort(order[rank < max_views]))
 
 
-def second_click_partners(sites: ClickSites, first: int, first_mask: np.ndarray, positive: bool,
-                          vertices: np.ndarray, max_partners: int, rng: np.random.Generator) -> np.ndarray:
+def second_click_partners(sites: ClickSites, first: int, region: np.ndarray, vertices: np.ndarray,
+                          max_partners: int, rng: np.random.Generator) -> np.ndarray:
     """Indices into `sites` of second clicks for the single-click sample at site `first`.
 
-    As in the reference: other sites of the same view, outside the first mask for a positive click or
-    inside it for a negative one, nearer to the first vertex than 0.707 x the farthest site of that view
-    (squared distance < half the largest), at most `max_partners` drawn at random.
+    As in the reference: other sites of the same view whose pixel lies in `region (H, W)` (outside the
+    first mask for a positive click, inside it for a negative one), nearer to the first vertex than
+    0.707 x the farthest site of that view (squared distance < half the largest), at most
+    `max_partners` drawn at random.
     """
     same = np.nonzero((sites.view == sites.view[first]) & (sites.vertex != sites.vertex[first]))[0]
     if same.size == 0:
         return same
     d2 = ((vertices[sites.vertex[same]] - vertices[sites.vertex[first]]) ** 2).sum(1)
     px = sites.xy[same].astype(np.int64)
-    inside = first_mask[px[:, 1], px[:, 0]]
-    cand = same[(inside != positive) & (d2 < 0.5 * d2.max())]
+    cand = same[region[px[:, 1], px[:, 0]] & (d2 < 0.5 * d2.max())]
     if cand.size > max_partners:
         cand = rng.choice(cand, size=max_partners, replace=False)
     return cand
 
 
+def _at(masks: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(N,) bool: mask n at pixel xy `points[n]`."""
+    px = np.floor(points).astype(np.int64)
+    return masks[np.arange(len(masks)), px[:, 1], px[:, 0]]
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    return (a & b).sum(1) / np.maximum((a | b).sum(1), 1)
+
+
 def accept_second_clicks(first_masks: np.ndarray, first_scores: np.ndarray, masks: np.ndarray,
-                         positive: np.ndarray, first_points: np.ndarray, min_score: float = 0.4,
+                         positive: np.ndarray, points: np.ndarray, min_score: float = 0.4,
                          max_iou: float = 0.9) -> np.ndarray:
     """(N,) bool: keep a two-click mask if the first click was confident (score >= min_score), the second
     click changed it (IoU <= max_iou) and in the right direction (grows for +, shrinks for -), and the
-    first click's pixel `first_points (N, 2)` xy is still selected (a negative that wipes out the first
-    click's own part teaches nothing about sub-parts; the reference lacks this check)."""
+    clicks `points (N, 2, 2)` xy are answered: the first click's pixel still selected (a negative that
+    wipes out the first click's own part teaches nothing about sub-parts; the reference lacks this
+    check), the second's selected for + and not for -."""
     n = len(masks)
-    a = first_masks.reshape(n, -1)
-    m = masks.reshape(n, -1)
-    inter = (a & m).sum(1)
-    union = (a | m).sum(1)
-    iou = inter / np.maximum(union, 1)
-    area_a, area_m = a.sum(1), m.sum(1)
+    area_a = first_masks.reshape(n, -1).sum(1)
+    area_m = masks.reshape(n, -1).sum(1)
     direction = np.where(positive, area_m >= area_a, area_m <= area_a)
-    px = np.floor(first_points).astype(np.int64)
-    kept = masks[np.arange(n), px[:, 1], px[:, 0]]
-    return (first_scores >= min_score) & (iou <= max_iou) & direction & kept
+    answered = _at(masks, points[:, 0]) & (_at(masks, points[:, 1]) == positive)
+    return (first_scores >= min_score) & (_iou(first_masks, masks) <= max_iou) & direction & answered
+
+
+def accept_confirming(first_masks: np.ndarray, first_scores: np.ndarray, masks: np.ndarray, points: np.ndarray,
+                      min_score: float = 0.4, max_iou: float = 0.9) -> np.ndarray:
+    """(N,) bool: keep a second positive click on the first click's own part if the first click was
+    confident and the two-click answer is (about) that part (IoU > max_iou) holding both clicks."""
+    both = _at(masks, points[:, 0]) & _at(masks, points[:, 1])
+    return (first_scores >= min_score) & (_iou(first_masks, masks) > max_iou) & both

@@ -43,7 +43,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def single_click_ious(model: ISegModel, faces: np.ndarray, labels: np.ndarray, clicks: np.ndarray,
-                      method: str = "otsu", connected: bool = True) -> np.ndarray:
+                      method: str = "otsu", connected: bool | None = None) -> np.ndarray:
     """IoU of the selection from one positive click at each vertex of `clicks` vs. that vertex's part."""
     out = []
     for v in clicks:
@@ -73,3 +73,77 @@ def distilled_planted_features(vertices: np.ndarray, faces: np.ndarray, raster, 
     targets = pool_images(pool_views(raster.face_id, (grid, grid)), images)
     _, features = distill(vertices, faces, raster, targets, FieldConfig.small(dim), DistillConfig(steps=steps, seed=seed))
     return features
+
+
+def _bfs_hops(offsets: np.ndarray, neighbours: np.ndarray, allowed: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    """(V,) hop count from `sources` along edges that stay inside `allowed` (-1 where unreached)."""
+    hops = np.full(len(allowed), -1, dtype=np.int64)
+    frontier = np.unique(np.asarray(sources, dtype=np.int64))
+    hops[frontier] = 0
+    d = 0
+    while frontier.size:
+        d += 1
+        counts = offsets[frontier + 1] - offsets[frontier]
+        idx = np.repeat(offsets[frontier] - np.concatenate(([0], np.cumsum(counts)[:-1])), counts) + np.arange(counts.sum())
+        nxt = np.unique(neighbours[idx])
+        nxt = nxt[allowed[nxt] & (hops[nxt] < 0)]
+        hops[nxt] = d
+        frontier = nxt
+    return hops
+
+
+def corrective_click(faces: np.ndarray, selected: np.ndarray, target: np.ndarray) -> tuple[int, bool] | None:
+    """Where an interactive user clicks next: the centre of the largest wrong region.
+
+    Wrong regions are the connected pieces (along mesh edges) of the false positives (selected, not in
+    the part: a negative click) and of the false negatives (a positive click). The click goes to the
+    vertex of the largest piece farthest (in edge hops) from the piece's border, as in the usual
+    click-simulation protocol of interactive segmentation. None when the selection is exact.
+    """
+    from engine.iseg.postprocess import vertex_adjacency
+
+    selected, target = np.asarray(selected, bool), np.asarray(target, bool)
+    offsets, neighbours = vertex_adjacency(faces, len(selected))
+    best: tuple[int, int, bool] | None = None   # (size, vertex, positive)
+    for positive, wrong in ((False, selected & ~target), (True, target & ~selected)):
+        left = wrong.copy()
+        while left.any():
+            piece = _bfs_hops(offsets, neighbours, left, np.flatnonzero(left)[:1]) >= 0
+            left &= ~piece
+            if best is not None and piece.sum() <= best[0]:
+                continue
+            # border: piece vertices with a neighbour outside the piece
+            counts = np.diff(offsets)
+            outside = ~piece[neighbours]
+            has_out = np.zeros(len(piece), bool)
+            np.logical_or.at(has_out, np.repeat(np.arange(len(piece)), counts), outside)
+            border = np.flatnonzero(piece & has_out)
+            hops = _bfs_hops(offsets, neighbours, piece, border if border.size else np.flatnonzero(piece)[:1])
+            best = (int(piece.sum()), int(np.argmax(np.where(piece, hops, -1))), positive)
+    return None if best is None else (best[1], best[2])
+
+
+def correction_run(model: ISegModel, faces: np.ndarray, labels: np.ndarray, first: int, corrections: int = 3,
+                   method: str = "otsu", connected: bool | None = None) -> list[tuple[list[tuple[int, bool]], np.ndarray]]:
+    """A simulated user on the part of vertex `first`: (clicks, selection) after its click and after each
+    of up to `corrections` corrective clicks (fewer when a selection is already exact)."""
+    target = labels == labels[first]
+    clicks = [(int(first), True)]
+    out = []
+    for k in range(corrections + 1):
+        selected = select_vertices(model.predict(clicks), faces, clicks, method, connected=connected)
+        out.append((list(clicks), selected))
+        nxt = corrective_click(faces, selected, target) if k < corrections else None
+        if nxt is None:
+            break
+        clicks.append(nxt)
+    return out
+
+
+def corrected_ious(model: ISegModel, faces: np.ndarray, labels: np.ndarray, first: int, corrections: int = 3,
+                   method: str = "otsu", connected: bool | None = None) -> np.ndarray:
+    """(corrections + 1,) IoU with the part of vertex `first` after its click and each corrective click
+    (an exact selection keeps its IoU of 1 for the clicks it no longer needs)."""
+    target = labels == labels[first]
+    ious = [iou(sel, target) for _, sel in correction_run(model, faces, labels, first, corrections, method, connected)]
+    return np.asarray(ious + [ious[-1]] * (corrections + 1 - len(ious)))

@@ -80,9 +80,17 @@ def connected_region(faces: np.ndarray, mask: np.ndarray, seeds: Iterable[int]) 
     return reached
 
 
+# The region choice `select_vertices` makes when not told: measured by bench/iseg.py on the oracle.
+CONNECTED_DEFAULT = True
+
+
 def select_vertices(prob: np.ndarray, faces: np.ndarray, clicks: list[tuple[int, bool]],
-                    method: str = "otsu", threshold: float = 0.5, connected: bool = True) -> np.ndarray:
-    """Threshold `prob`, then keep only the region(s) holding the positive clicks if `connected`."""
+                    method: str = "otsu", threshold: float = 0.5, connected: bool | None = None) -> np.ndarray:
+    """Threshold `prob`, then keep only the piece(s) holding the positive clicks if `connected`, or every
+    piece the decoder selects if not (a part made of several pieces: two wings, four legs).
+    None means CONNECTED_DEFAULT."""
+    if connected is None:
+        connected = CONNECTED_DEFAULT
     mask = threshold_probability(prob, method, threshold)
     if not connected:
         return mask

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import BsbError, Cancelled
-from engine.iseg.clicks import (ClickSites, accept_second_clicks, cap_views_per_vertex, find_click_sites,
-                                second_click_partners)
+from engine.iseg.clicks import (ClickSites, accept_confirming, accept_second_clicks, cap_views_per_vertex,
+                                find_click_sites, second_click_partners)
 from engine.iseg.decoder import ClickDecoder, DecoderConfig
 from engine.iseg.fps import farthest_point_sampling
 from engine.iseg.model import ISegModel
@@ -39,14 +39,18 @@ class ISegConfig:
     click_fraction / min_clicks / max_clicks: FPS click vertices (reference: 3%, uncapped).
     views_per_click: views kept per click vertex (reference: 100 fresh views; we reuse the distillation
       views, so a handful is all there is).
-    second_positive / second_negative: partners per sign per single-click sample (reference: <= 5);
-      more negatives because many are rejected (same sub-part as the first click).
+    second_positive / second_negative: partners per single-click sample (reference: <= 5) outside the
+      part (grow) / inside it (cut a sub-part; many are rejected when the teacher has no finer level).
+    neighbour_negative: negatives on what the click's wider mask adds to the part (the correction a
+      user makes when an answer spills into a neighbour); confirm_positive: positives elsewhere on the
+      same part (the correction a user makes when an answer misses part of the part).
     min_score / max_iou: second-click filters of the reference (first score, change of the mask).
     attn_dim / width / encoder_depth / head_depth: decoder size (see decoder.py).
     steps / batch_size / pixels_per_sample / lr: Adam schedule (cosine decay to 10% of lr).
     focus_fraction: share of each sample's pixels drawn inside its first mask | answer (see _draw_pixels).
-    negative_share: least share of negative second-click samples in the batches (they are the rarest
-      samples, most prompts are rejected, yet the only ones that teach a cut).
+    sample_shares: share of the batches drawn from each kind (single, grow, cut, confirm), renormalised
+      over the kinds present: second clicks are few next to single clicks, yet the only ones that teach
+      a correction.
     segment_batch: prompts per view-segmenter call.
     """
 
@@ -56,6 +60,8 @@ class ISegConfig:
     views_per_click: int = 6
     second_positive: int = 1
     second_negative: int = 3
+    neighbour_negative: int = 2
+    confirm_positive: int = 1
     min_score: float = 0.4
     max_iou: float = 0.9
     attn_dim: int = 64
@@ -67,7 +73,7 @@ class ISegConfig:
     pixels_per_sample: int = 512
     lr: float = 3e-3
     focus_fraction: float = 0.5
-    negative_share: float = 0.3
+    sample_shares: tuple[float, float, float, float] = (0.4, 0.15, 0.3, 0.15)
     segment_batch: int = 64
 
 
@@ -79,8 +85,10 @@ class ClickSamples:
     clicks: np.ndarray    # (S, 2) int64 vertex ids (second column repeats the first when unused)
     positive: np.ndarray  # (S, 2) bool
     valid: np.ndarray     # (S, 2) bool
+    kind: np.ndarray      # (S,) int8: SINGLE, GROW, CUT or CONFIRM
     bits: np.ndarray      # (S, nbytes) uint8: packed mask over the view's covered pixels (row-major)
     focus: np.ndarray     # (S, nbytes) uint8: packed first mask | mask, where the clicks' answer lives
+    focus_count: np.ndarray  # (S,) int64: covered pixels in the focus mask
     n_single: int
     n_second: int
 
@@ -107,6 +115,9 @@ def _step(progress: Progress, cancel: Cancel, fraction: float, message: str) -> 
 
 COARSE_TOLERANCE = 8.0  # pixel footprints from a vertex to its click pixel when no vertex is nearer than one
 
+# Sample kinds: what the second click teaches (the batches hold each kind in `ISegConfig.sample_shares`).
+SINGLE, GROW, CUT, CONFIRM = 0, 1, 2, 3
+
 
 def collect_samples(vertices: np.ndarray, faces: np.ndarray, raster, view_segmenter, config: ISegConfig,
                     rng: np.random.Generator, progress: Progress = None, cancel: Cancel = None) -> ClickSamples:
@@ -125,64 +136,89 @@ def collect_samples(vertices: np.ndarray, faces: np.ndarray, raster, view_segmen
     covered = _covered(face_id)
     nbytes = (max(len(c) for c in covered) + 7) // 8
 
-    masks, scores = _segment(view_segmenter, sites.view, sites.xy[:, None, :], np.ones((len(sites), 1), np.int64),
-                             config.segment_batch, progress, cancel, 0.0, 0.3, "single clicks")
+    masks, scores, wider = _segment(view_segmenter.segment_levels, sites.view, (sites.xy,), config.segment_batch,
+                                    progress, cancel, 0.0, 0.3, "single clicks")
     keep = masks.reshape(len(masks), -1).any(1)
+    n_single = int(keep.sum())
     views = [sites.view[keep]]
     clicks = [np.repeat(sites.vertex[keep, None], 2, axis=1)]
-    positive = [np.ones((int(keep.sum()), 2), bool)]
-    valid = [np.stack([np.ones(int(keep.sum()), bool), np.zeros(int(keep.sum()), bool)], 1)]
+    positive = [np.ones((n_single, 2), bool)]
+    valid = [np.stack([np.ones(n_single, bool), np.zeros(n_single, bool)], 1)]
+    kind = [np.full(n_single, SINGLE, np.int8)]
     bits = [_pack(masks[keep], sites.view[keep], covered, nbytes)]
     focus = [bits[0]]
-    n_single = int(keep.sum())
 
-    first, partner, sign = _second_click_pairs(sites, masks, scores, vertices, config, rng)
+    first, partner, sign, before = _second_click_pairs(sites, masks, scores, wider, vertices, config, rng)
     n_second = 0
     if len(first):
         pts = np.stack([sites.xy[first], sites.xy[partner]], axis=1)
         labels = np.stack([np.ones(len(first), np.int64), sign.astype(np.int64)], axis=1)
-        masks2, _ = _segment(view_segmenter, sites.view[first], pts, labels, config.segment_batch,
+        masks2, _ = _segment(view_segmenter.segment_views, sites.view[first], (pts, labels), config.segment_batch,
                              progress, cancel, 0.3, 0.4, "second clicks")
-        ok = accept_second_clicks(masks[first], scores[first], masks2, sign, sites.xy[first], config.min_score,
-                                  config.max_iou)
-        first, partner, sign, masks2 = first[ok], partner[ok], sign[ok], masks2[ok]
+        first_masks = np.where((before == CUT_WIDER)[:, None, None], wider[first], masks[first])
+        what = np.where(before == CUT_WIDER, CUT, before).astype(np.int8)
+        ok = np.where(what == CONFIRM,
+                      accept_confirming(first_masks, scores[first], masks2, pts, config.min_score, config.max_iou),
+                      accept_second_clicks(first_masks, scores[first], masks2, sign, pts, config.min_score,
+                                           config.max_iou))
+        first, partner, sign, masks2, first_masks, what = (a[ok] for a in (first, partner, sign, masks2, first_masks,
+                                                                            what))
         n_second = int(ok.sum())
         views.append(sites.view[first])
         clicks.append(np.stack([sites.vertex[first], sites.vertex[partner]], axis=1))
         positive.append(np.stack([np.ones(n_second, bool), sign], axis=1))
         valid.append(np.ones((n_second, 2), bool))
+        kind.append(what)
         bits.append(_pack(masks2, sites.view[first], covered, nbytes))
-        focus.append(_pack(masks2 | masks[first], sites.view[first], covered, nbytes))
+        focus.append(_pack(masks2 | first_masks, sites.view[first], covered, nbytes))
     if n_single + n_second == 0:
         raise BsbError("the view segmenter returned no mask for any training click; check the renders", "bad_mesh")
+    focus_all = np.concatenate(focus)
     return ClickSamples(np.concatenate(views), np.concatenate(clicks), np.concatenate(positive),
-                        np.concatenate(valid), np.concatenate(bits), np.concatenate(focus), n_single, n_second)
+                        np.concatenate(valid), np.concatenate(kind), np.concatenate(bits), focus_all,
+                        _POPCOUNT[focus_all].sum(1, dtype=np.int64), n_single, n_second)
 
 
-def _segment(view_segmenter, view_ids, points, labels, batch, progress, cancel, f0, f1, what):
-    """Run the segmenter in view-sorted batches (a SAM segmenter then switches embeddings rarely)."""
+_POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(1).astype(np.int64)
+CUT_WIDER = 4   # a CUT whose first answer is the click's wider mask (the negative removes a neighbour)
+
+
+def _segment(call, view_ids, inputs, batch, progress, cancel, f0, f1, what):
+    """`call(view_ids, *inputs)` in view-sorted batches (a SAM segmenter then switches embeddings rarely);
+    its outputs, in the input order."""
     order = np.argsort(view_ids, kind="stable")
-    masks, scores = None, np.zeros(len(view_ids), np.float32)
+    outs = None
     for s in range(0, len(order), batch):
         _step(progress, cancel, f0 + (f1 - f0) * s / len(order), f"iSeg: segmenting {what} ({s}/{len(order)})")
         idx = order[s:s + batch]
-        m, sc = view_segmenter.segment_views(view_ids[idx], points[idx], labels[idx])
-        if masks is None:
-            masks = np.zeros((len(view_ids),) + m.shape[1:], dtype=bool)
-        masks[idx], scores[idx] = m, sc
-    return masks, scores
+        res = call(view_ids[idx], *(x[idx] for x in inputs))
+        if outs is None:
+            outs = [np.zeros((len(view_ids),) + r.shape[1:], dtype=r.dtype) for r in res]
+        for o, r in zip(outs, res):
+            o[idx] = r
+    return outs
 
 
-def _second_click_pairs(sites: ClickSites, masks, scores, vertices, config: ISegConfig, rng):
-    """(first site, partner site, positive?) for every second-click prompt worth asking."""
-    first, partner, sign = [], [], []
+def _second_click_pairs(sites: ClickSites, masks, scores, wider, vertices, config: ISegConfig, rng):
+    """(first site, partner site, positive?, kind) for every second-click prompt worth asking.
+
+    Kinds: GROW, a positive outside the part; CUT, a negative inside it (a sub-part, when the teacher
+    knows one); CUT_WIDER, a negative on what the click's wider mask adds (a neighbour a too-large answer
+    includes: the commonest correction); CONFIRM, a positive elsewhere on the same part.
+    """
+    first, partner, sign, what = [], [], [], []
     for i in np.nonzero(scores >= config.min_score)[0]:
-        for positive, count in ((True, config.second_positive), (False, config.second_negative)):
+        for kind, positive, count, region in (
+                (GROW, True, config.second_positive, ~masks[i]),
+                (CUT, False, config.second_negative, masks[i]),
+                (CUT_WIDER, False, config.neighbour_negative, wider[i] & ~masks[i]),
+                (CONFIRM, True, config.confirm_positive, masks[i])):
             if count <= 0:
                 continue
-            for j in second_click_partners(sites, i, masks[i], positive, vertices, count, rng):
-                first.append(i), partner.append(j), sign.append(positive)
-    return np.asarray(first, np.int64), np.asarray(partner, np.int64), np.asarray(sign, bool)
+            for j in second_click_partners(sites, i, region, vertices, count, rng):
+                first.append(i), partner.append(j), sign.append(positive), what.append(kind)
+    return (np.asarray(first, np.int64), np.asarray(partner, np.int64), np.asarray(sign, bool),
+            np.asarray(what, np.int8))
 
 
 def _bit(packed: torch.Tensor, rows: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
@@ -197,7 +233,8 @@ def _draw_pixels(batch: torch.Tensor, counts: torch.Tensor, focus: torch.Tensor,
     Why: the pixels a second click changes (the sub-part a negative cuts out) are a few percent of a
     view, so uniform pixels carry almost no signal about them; drawing part of the batch inside the
     first mask | the answer puts that signal in every step. Focus pixels come by rejection (first of
-    `tries` uniform draws that lands in the focus; a uniform draw if none does).
+    `tries` uniform draws that lands in the focus; a uniform draw if none does); `pixel_weights`
+    undoes the bias this puts on the loss.
     """
     b = len(batch)
     j = (torch.rand((b, m - m_focus), generator=generator).to(device) * counts[:, None]).long()
@@ -208,6 +245,36 @@ def _draw_pixels(batch: torch.Tensor, counts: torch.Tensor, focus: torch.Tensor,
     first = hit.argmax(-1, keepdim=True)                     # 0 (a uniform draw) when nothing hits
     picked = torch.gather(cand.reshape(b, m_focus, tries), 2, first).squeeze(-1)
     return torch.cat([j, picked], 1)
+
+
+def pixel_weights(in_focus: torch.Tensor, counts: torch.Tensor, focus_counts: torch.Tensor, focus_fraction: float,
+                  tries: int = 32) -> torch.Tensor:
+    """(b, m) importance weights that make the mean weighted loss over `_draw_pixels`' pixels an unbiased
+    estimate of the mean loss over all covered pixels of each view.
+
+    Why: half the pixels drawn inside the focus over-represent "in the part"; unweighted, a part that
+    covers 10% of a view is trained as if it covered ~50%, which adds about +2.4 to every logit and
+    shifts the 0.5 threshold (BSB seeding thresholds at a fixed 0.5). A focus slot lands on a given
+    focus pixel with probability (1 - (1-r)^tries) / n_focus and on a given other pixel with
+    (1-r)^tries / (n - n_focus), r = n_focus / n; the weight is uniform / actual probability.
+    `in_focus (b, m)` marks the drawn pixels inside the focus, `counts`/`focus_counts (b,)` the sizes.
+    """
+    f = float(focus_fraction)
+    n = counts.double()[:, None]
+    nf = focus_counts.double()[:, None].clamp(max=n)
+    miss = (1.0 - nf / n) ** tries
+    inside = 1.0 / ((1 - f) + f * (1 - miss) * n / nf.clamp(min=1))
+    outside = 1.0 / ((1 - f) + f * miss * n / (n - nf).clamp(min=1))
+    return torch.where(in_focus.bool(), inside, outside).float()
+
+
+def _sample_weights(kind: np.ndarray, shares) -> np.ndarray:
+    """(S,) probabilities of drawing each sample: kind k gets `shares[k]` (renormalised over the kinds
+    present), split evenly among its samples."""
+    counts = np.bincount(kind, minlength=len(shares))
+    share = np.where(counts > 0, np.asarray(shares, np.float64), 0.0)
+    share = share / share.sum() if share.sum() > 0 else (counts > 0) / (counts > 0).sum()
+    return share[kind] / counts[kind]
 
 
 def train_decoder(faces: np.ndarray, raster, features: torch.Tensor, samples: ClickSamples, config: ISegConfig,
@@ -235,10 +302,8 @@ def train_decoder(faces: np.ndarray, raster, features: torch.Tensor, samples: Cl
     opt = torch.optim.Adam(decoder.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.1 + 0.45 * (1 + math.cos(math.pi * min(s / max(config.steps, 1), 1.0))))
-    negative = samples.valid[:, 1] & ~samples.positive[:, 1]
-    neg_share = max(float(negative.mean()), config.negative_share) if negative.any() and not negative.all() else 0.5
-    weight = np.where(negative, neg_share / max(negative.sum(), 1), (1 - neg_share) / max((~negative).sum(), 1))
-    weight = torch.from_numpy(weight)   # batches are drawn with these probabilities (negatives: `neg_share` of all)
+    focus_counts = torch.from_numpy(samples.focus_count).to(device)
+    weight = torch.from_numpy(_sample_weights(samples.kind, config.sample_shares))
     last = time.monotonic()
     for step in range(config.steps):
         if cancel is not None and time.monotonic() - last > 0.5:
@@ -249,6 +314,7 @@ def train_decoder(faces: np.ndarray, raster, features: torch.Tensor, samples: Cl
         j = _draw_pixels(batch, counts[v], focus, m, m_focus, generator, device)        # (b, m)
         t = offsets[v, None] + j
         target = _bit(bits, batch, j).float()
+        w = pixel_weights(_bit(focus, batch, j), counts[v], focus_counts[batch], m_focus / m)
         # the encoder runs once per distinct vertex of the batch (pixels share vertices)
         needed, inverse = torch.unique(torch.cat([corner_ids[t].reshape(-1), clicks[batch].reshape(-1)]),
                                        return_inverse=True)
@@ -257,7 +323,7 @@ def train_decoder(faces: np.ndarray, raster, features: torch.Tensor, samples: Cl
         keys, values = decoder.click_terms(cache.embed[click_rows], positive[batch])
         logits = decoder.decode(cache.query[rows], cache.first[rows], keys, values, valid[batch])
         prob = (torch.sigmoid(logits).reshape(b, m, 3) * corner_w[t]).sum(-1)
-        loss = F.binary_cross_entropy(prob.clamp(1e-6, 1 - 1e-6), target)
+        loss = (F.binary_cross_entropy(prob.clamp(1e-6, 1 - 1e-6), target, reduction="none") * w).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -2,7 +2,10 @@
 
 Both take a batch of prompts `points (N, P, 2)` (pixel xy in the rendered views), `labels (N, P)`
 (1 positive, 0 negative; the first point is the positive seed) on views `view_ids (N,)` and return
-`(masks (N, H, W) bool, scores (N,) float)`.
+`(masks (N, H, W) bool, scores (N,) float)`. For single clicks `points (N, 2)` both also answer
+`segment_levels(view_ids, points) -> (part, scores, wider)`: the part mask plus the larger mask the same
+click offers (SAM's three masks run from sub-part to whole), the first answer that a negative click on
+a wrongly included neighbour corrects. One call gives both, so SAM runs once per click.
 - `SamViewSegmenter`: SAM's prompt decoder on image embeddings computed once per view (the same ones
   the SAM feature distillation used), so a click costs only the light prompt decoder.
 - `OracleViewSegmenter`: rendered human part labels, for tests and the benchmark.
@@ -29,6 +32,8 @@ class OracleViewSegmenter:
     A second positive click adds the segment under it (union); a negative click removes the segment
     under it, taken from `negative_labels` when given (a finer annotation of the same mesh, so that a
     negative click inside a part cuts out a sub-part, as SAM does) and from `face_labels` otherwise.
+    The wider answer to a click is its segment plus every segment that touches it in some view (the
+    label structure's next level up, as SAM's larger masks add the neighbours of a part).
     Scores are 1 for a non-empty mask and 0 for a click on the background.
     """
 
@@ -41,6 +46,21 @@ class OracleViewSegmenter:
         neg = face_labels if negative_labels is None else np.asarray(negative_labels, dtype=np.int64)
         self.labels = np.where(face_id >= 0, face_labels[np.maximum(face_id, 0)], -1)
         self.neg_labels = np.where(face_id >= 0, neg[np.maximum(face_id, 0)], -1)
+        self.neighbours = _touching(self.labels)
+
+    def segment_levels(self, view_ids: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Single clicks: the segment under each, its score and the segment with those touching it."""
+        view_ids = np.asarray(view_ids, dtype=np.int64)
+        _, height, width = self.labels.shape
+        rows, cols = _pixel(np.asarray(points, dtype=np.float32), height, width)
+        part = np.zeros((len(view_ids), height, width), dtype=bool)
+        wider = np.zeros_like(part)
+        for n, v in enumerate(view_ids):
+            seg = self.labels[v, rows[n], cols[n]]
+            if seg >= 0:
+                part[n] = self.labels[v] == seg
+                wider[n] = self.neighbours[seg][np.maximum(self.labels[v], 0)] & (self.labels[v] >= 0)
+        return part, part.reshape(len(part), -1).any(1).astype(np.float32), wider
 
     def segment_views(self, view_ids: np.ndarray, points: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         view_ids = np.asarray(view_ids, dtype=np.int64)
@@ -63,6 +83,17 @@ class OracleViewSegmenter:
         return masks, scores
 
 
+def _touching(labels: np.ndarray) -> np.ndarray:
+    """(L, L) bool: segments that share a pixel edge in some view (each touches itself)."""
+    n = int(labels.max(initial=-1)) + 1
+    out = np.eye(max(n, 1), dtype=bool)
+    for a, b in ((labels[:, 1:, :], labels[:, :-1, :]), (labels[:, :, 1:], labels[:, :, :-1])):
+        pair = (a >= 0) & (b >= 0) & (a != b)
+        out[a[pair], b[pair]] = True
+        out[b[pair], a[pair]] = True
+    return out
+
+
 class SamViewSegmenter:
     """SAM's prompt decoder on cached per-view image embeddings.
 
@@ -77,11 +108,31 @@ class SamViewSegmenter:
         self.embeddings = embeddings
         self.image_size = (int(image_size[0]), int(image_size[1]))
 
-    def segment_views(self, view_ids: np.ndarray, points: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def segment_levels(self, view_ids: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Single clicks: SAM's part mask, its score and SAM's object mask (`choose_object_part`)."""
         from engine.models.masks import choose_object_part
 
         view_ids = np.asarray(view_ids, dtype=np.int64)
+        points = np.asarray(points, dtype=np.float32).reshape(len(view_ids), 1, 2)
+        height, width = self.image_size
+        part = np.zeros((len(view_ids), height, width), dtype=bool)
+        wider = np.zeros_like(part)
+        scores = np.zeros(len(view_ids), dtype=np.float32)
+        for v in np.unique(view_ids):
+            sel = np.nonzero(view_ids == v)[0]
+            self.sam.set_embedding(self.embeddings[v], self.image_size)
+            out = self.sam.predict(points[sel], np.ones((len(sel), 1), np.int64), multimask=True)
+            wider[sel], part[sel], _, idx = choose_object_part(out.masks, out.scores)
+            scores[sel] = out.scores[np.arange(len(sel)), idx]
+        return part, scores, wider
+
+    def segment_views(self, view_ids: np.ndarray, points: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         points = np.asarray(points, dtype=np.float32)
+        if points.shape[1] == 1:
+            part, scores, _ = self.segment_levels(view_ids, points[:, 0])
+            return part, scores
+        # several clicks are unambiguous enough for SAM's single-mask output
+        view_ids = np.asarray(view_ids, dtype=np.int64)
         labels = np.asarray(labels, dtype=np.int64)
         height, width = self.image_size
         masks = np.zeros((len(view_ids), height, width), dtype=bool)
@@ -89,13 +140,7 @@ class SamViewSegmenter:
         for v in np.unique(view_ids):
             sel = np.nonzero(view_ids == v)[0]
             self.sam.set_embedding(self.embeddings[v], self.image_size)
-            single = points.shape[1] == 1
-            out = self.sam.predict(points[sel], labels[sel], multimask=single)
-            if single:
-                _, part, _, idx = choose_object_part(out.masks, out.scores)
-            else:  # several clicks are unambiguous enough for SAM's single-mask output
-                idx = np.zeros(len(sel), dtype=np.int64)
-                part = out.masks[:, 0]
-            masks[sel] = part
-            scores[sel] = out.scores[np.arange(len(sel)), idx]
+            out = self.sam.predict(points[sel], labels[sel], multimask=False)
+            masks[sel] = out.masks[:, 0]
+            scores[sel] = out.scores[:, 0]
         return masks, scores
