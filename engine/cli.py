@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_commands(sub)
+    from engine.parts.cli import add_commands as add_parts_commands  # segment-all, find-part, fetch-detector
+
+    add_parts_commands(sub)
     return parser
 
 
