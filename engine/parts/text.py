@@ -33,12 +33,16 @@ Cancel = Callable[[], bool] | None
 @dataclass(frozen=True)
 class TextSettings:
     """Shipped settings. `views`/`size`: renders the detector sees (uniform on the sphere); `vote`: least
-    vote of a region's vertices; `min_views`: views whose masks must cover most of the region."""
+    vote of a region's vertices; the region needs `min_views` views whose masks cover most of it, and
+    at least `min_share` of the views that see it (scattered false boxes rarely agree on one place). An iSeg answer whose area-IoU with the voted region is
+    under `min_agreement` is replaced by that region."""
 
     views: int = 8
     size: int = 384
-    vote: float = 0.4
+    vote: float = 0.5
     min_views: int = 2
+    min_share: float = 0.5
+    min_agreement: float = 0.3
 
 
 @dataclass
@@ -53,6 +57,7 @@ class TextPart:
     support: int = 0  # views backing the region
     boxes: int = 0  # boxes the detector returned over all views
     seconds: float = 0.0
+    source: str = ""  # "iseg": the decoder's part from the seed; "votes": the voted region (decoder disagreed)
 
 
 class SamBoxSegmenter:
@@ -144,15 +149,17 @@ def find_part(prepared: Any, images: np.ndarray, face_id: np.ndarray, detector: 
     ids = np.unique(pieces[voted])
     weight = np.array([(areas * votes)[pieces == i].sum() for i in ids])
     region = pieces == ids[int(np.argmax(weight))]
-    # views backing the region: most of its visible area inside that view's mask
-    support = 0
+    # views that see the region (a quarter of its area) and views backing it (most of that inside the mask)
+    support = sees = 0
+    region_area = areas[region].sum()
     for b in range(len(face_id)):
         v_b, s_b = view_votes(face_id[b:b + 1], mesh.faces, n, masks[b:b + 1])
         vis = region & (s_b > 0)
-        if vis.any() and (v_b[vis] * areas[vis]).sum() >= 0.5 * areas[vis].sum():
-            support += 1
-    if support < settings.min_views:
-        return not_found(f"only {support} view(s) support a '{phrase}' region; at least {settings.min_views} must")
+        if areas[vis].sum() >= 0.25 * region_area:
+            sees += 1
+            support += (v_b[vis] * areas[vis]).sum() >= 0.5 * areas[vis].sum()
+    if support < max(settings.min_views, settings.min_share * sees):
+        return not_found(f"only {support} of the {sees} views that see the best '{phrase}' region support it")
     if progress:
         progress(0.85, "seeding iSeg")
     depth = _depth(region, edges)
@@ -169,9 +176,13 @@ def find_part(prepared: Any, images: np.ndarray, face_id: np.ndarray, detector: 
         mask2 = select_vertices(weights2, mesh.faces, clicks2)
         if _iou(mask2, region, areas) > _iou(mask, region, areas):
             clicks, weights, mask = clicks2, weights2, mask2
+    source = "iseg"
+    if _iou(mask, region, areas) < settings.min_agreement:  # the decoder disagrees with every view: trust the views
+        mask, source = region.copy(), "votes"
     if progress:
         progress(1.0, "done")
-    return TextPart(True, "", mask, weights, votes, region, clicks, support, n_boxes, time.perf_counter() - start)
+    return TextPart(True, "", mask, weights, votes, region, clicks, support, n_boxes, time.perf_counter() - start,
+                    source)
 
 
 def render_for_text(mesh: Any, settings: TextSettings = TextSettings()):

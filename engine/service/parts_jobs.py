@@ -114,6 +114,6 @@ def make_handlers(state: Any) -> dict[str, Callable]:
                 "weights": _save(folder, "weights", found.weights) if found.found else None,
                 "votes": _save(folder, "votes", found.votes.astype(np.float32)),
                 "clicks": [[int(v), bool(p)] for v, p in found.clicks], "support": found.support,
-                "boxes": found.boxes, "seconds": round(found.seconds, 3)}
+                "boxes": found.boxes, "source": found.source, "seconds": round(found.seconds, 3)}
 
     return {"segment_all": segment_all_request, "find_part": find_part_request}
