@@ -148,7 +148,8 @@ def save_tiny_detector(folder: str | Path, seed: int = 0) -> Path:
     GroundingDinoForObjectDetection(config).save_pretrained(folder)
     (folder / "vocab.txt").write_text("\n".join(TINY_VOCAB) + "\n")
     tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
-    images = GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+    # 128 px: the last of four feature levels stays above 1x1 (GroupNorm needs more than one value)
+    images = GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 160})
     GroundingDinoProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
     return folder
 

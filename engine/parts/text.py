@@ -157,7 +157,7 @@ def find_part(prepared: Any, images: np.ndarray, face_id: np.ndarray, detector: 
         vis = region & (s_b > 0)
         if areas[vis].sum() >= 0.25 * region_area:
             sees += 1
-            support += (v_b[vis] * areas[vis]).sum() >= 0.5 * areas[vis].sum()
+            support += int((v_b[vis] * areas[vis]).sum() >= 0.5 * areas[vis].sum())
     if support < max(settings.min_views, settings.min_share * sees):
         return not_found(f"only {support} of the {sees} views that see the best '{phrase}' region support it")
     if progress:

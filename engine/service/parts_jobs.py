@@ -113,7 +113,7 @@ def make_handlers(state: Any) -> dict[str, Callable]:
                 "mask": _save(folder, "vertex_mask", found.mask) if found.found else None,
                 "weights": _save(folder, "weights", found.weights) if found.found else None,
                 "votes": _save(folder, "votes", found.votes.astype(np.float32)),
-                "clicks": [[int(v), bool(p)] for v, p in found.clicks], "support": found.support,
-                "boxes": found.boxes, "source": found.source, "seconds": round(found.seconds, 3)}
+                "clicks": [[int(v), bool(p)] for v, p in found.clicks], "support": int(found.support),
+                "boxes": int(found.boxes), "source": found.source, "seconds": round(found.seconds, 3)}
 
     return {"segment_all": segment_all_request, "find_part": find_part_request}
