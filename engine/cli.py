@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.batch.cli import add_command as add_batch
 
     add_batch(sub)
+    from engine.parts.cli import add_commands as add_parts_commands  # segment-all, find-part, fetch-detector
+
+    add_parts_commands(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Whole-mesh parts: split a prepared mesh into parts (segment_all) and find a part by name (text)."""

@@ -1,0 +1,242 @@
+"""Split a whole prepared mesh into parts with its iSeg decoder: `propose` once, then `cut` at any granularity.
+
+1. Proposals: one positive click at each of `n_seeds` farthest-point vertices (spread by surface, so
+   small parts get a click too); each click's iSeg answer is thresholded (Otsu + the clicked connected
+   region, as for a user's click).
+2. Scores: *confidence* (mean probability inside the region minus mean probability outside: how
+   clear-cut the decoder's answer is) times *agreement* (mean area-IoU between the region and the
+   regions that the other seeds lying inside it produce: a real part gives the same answer wherever
+   it is clicked; a region that changes with the click point is not one part). The decoder was
+   trained on the views' segmenter masks, so agreement between clicks is agreement between the
+   views it learned from.
+3. Suppression: regions sorted by score; one overlapping a kept region by more than `nms_iou` (area
+   IoU) is dropped.
+4. Finest partition: each vertex goes to the smallest kept region holding it (nested parts survive),
+   else to the kept proposal with the highest probability, so every vertex is assigned; pieces under
+   `min_area` of the surface join their neighbour.
+5. Granularity: adjacent parts merge, most similar first (average linkage of the decoder's own
+   cross-probabilities: does a click on A select B?). `cut(g)` keeps the merges whose similarity is at
+   least g, so g = 1 is the finest partition, g = 0 one part per connected piece of the mesh, and the
+   part count never decreases as g grows. Moving g needs no new decoder pass.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from engine.errors import BsbError, Cancelled
+from engine.iseg.fps import farthest_point_sampling
+from engine.iseg.postprocess import select_vertices
+from engine.parts.graph import absorb_small, mesh_edges, vertex_areas
+
+Progress = Callable[[float, str], None] | None
+Cancel = Callable[[], bool] | None
+
+
+@dataclass(frozen=True)
+class SegmentAllSettings:
+    """Shipped settings (bench/parts.py measures them). `n_seeds` bounds the cost: one decoder pass per
+    seed (~0.15 s at 50k vertices on 2 cores). `min_area` is a share of the surface area."""
+
+    n_seeds: int = 24
+    nms_iou: float = 0.5
+    min_area: float = 0.005
+    granularity: float = 0.5
+
+
+@dataclass
+class Proposals:
+    """The decoder's answers to the seed clicks (the expensive part)."""
+
+    seeds: np.ndarray  # (K,) vertex ids
+    prob: np.ndarray  # (K, V) float32
+    masks: np.ndarray  # (K, V) bool, thresholded connected regions
+    scores: np.ndarray  # (K,) confidence x agreement
+    confidence: np.ndarray
+    agreement: np.ndarray
+
+
+@dataclass
+class PartTree:
+    """The finest partition and its merge sequence: everything `cut` needs."""
+
+    fine: np.ndarray  # (V,) int64 finest part of each vertex
+    merges: list[tuple[int, int, float]]  # (a, b, similarity) in merge order; a new node id is len(fine parts)+i
+    n_fine: int
+    areas: np.ndarray  # (V,) vertex areas
+    fine_scores: np.ndarray  # (n_fine,) score of the proposal behind each finest part
+    fine_seeds: np.ndarray  # (n_fine,) its seed vertex
+    seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Parts:
+    """One vertex labelling at one granularity."""
+
+    labels: np.ndarray  # (V,) int32 part index, 0 = largest part
+    n_parts: int
+    area: np.ndarray  # (P,) share of the surface
+    score: np.ndarray  # (P,) area-weighted proposal score
+    seed: np.ndarray  # (P,) a representative vertex (the best-scoring seed inside)
+    granularity: float
+
+
+def _area_iou(masks: np.ndarray, areas: np.ndarray, i: int, others: np.ndarray) -> np.ndarray:
+    inter = (masks[others] & masks[i]) @ areas
+    union = (masks[others] | masks[i]) @ areas
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def propose(iseg: Any, faces: np.ndarray, vertices: np.ndarray, n_seeds: int, progress: Progress = None,
+            cancel: Cancel = None) -> Proposals:
+    """Seed clicks at farthest-point vertices, their iSeg regions and scores."""
+    areas = vertex_areas(vertices, faces)
+    seeds = farthest_point_sampling(vertices, n_seeds, start=int(np.argmin(vertices[:, 1])))
+    prob = np.empty((len(seeds), len(vertices)), np.float32)
+    masks = np.empty((len(seeds), len(vertices)), bool)
+    for i, v in enumerate(seeds):
+        if cancel is not None and cancel():
+            raise Cancelled()
+        prob[i] = iseg.predict([(int(v), True)])
+        masks[i] = select_vertices(prob[i], faces, [(int(v), True)])
+        if progress:
+            progress((i + 1) / len(seeds), f"part proposal {i + 1}/{len(seeds)}")
+    total = areas.sum()
+    inside = masks @ areas
+    p_in = np.divide((prob * masks) @ areas, inside, out=np.zeros(len(seeds)), where=inside > 0)
+    p_out = np.divide((prob * ~masks) @ areas, total - inside, out=np.zeros(len(seeds)), where=total - inside > 0)
+    confidence = np.clip(p_in - p_out, 0.0, 1.0)
+    agreement = np.ones(len(seeds))
+    for i in range(len(seeds)):
+        others = np.nonzero(masks[i, seeds])[0]
+        others = others[others != i]
+        if others.size:
+            agreement[i] = float(_area_iou(masks, areas, i, others).mean())
+    return Proposals(seeds, prob, masks, confidence * agreement, confidence, agreement)
+
+
+def build_tree(proposals: Proposals, vertices: np.ndarray, faces: np.ndarray,
+               settings: SegmentAllSettings = SegmentAllSettings()) -> PartTree:
+    """Suppression, finest partition and the merge sequence (no decoder pass)."""
+    start = time.perf_counter()
+    areas = vertex_areas(vertices, faces)
+    masks, prob = proposals.masks, proposals.prob
+    kept: list[int] = []
+    for i in np.argsort(-proposals.scores, kind="stable"):
+        if proposals.scores[i] <= 0 or not masks[i].any():
+            continue
+        if kept and _area_iou(masks, areas, int(i), np.asarray(kept)).max() > settings.nms_iou:
+            continue
+        kept.append(int(i))
+    if not kept:  # a decoder that answers nothing clear-cut: one part
+        kept = [int(np.argmax(proposals.scores))]
+    kept_arr = np.asarray(kept)
+    size = masks[kept_arr] @ areas
+    # smallest kept region holding each vertex; a vertex in none goes to the most probable proposal
+    by_size = kept_arr[np.argsort(size, kind="stable")]
+    holder = np.where(masks[by_size].any(0), by_size[masks[by_size].argmax(0)], kept_arr[prob[kept_arr].argmax(0)])
+    edges = mesh_edges(faces)
+    fine = absorb_small(holder, edges, areas, settings.min_area * areas.sum())
+    n_fine = int(fine.max()) + 1
+    # the proposal behind each finest part: the one most of its area came from
+    source = np.zeros((n_fine, len(prob)))
+    np.add.at(source, (fine, holder), areas)
+    behind = source.argmax(1)
+    similarity = _part_similarity(fine, n_fine, prob[behind], areas)
+    merges = _merge_sequence(fine, n_fine, similarity, areas, edges)
+    return PartTree(fine, merges, n_fine, areas, proposals.scores[behind], proposals.seeds[behind],
+                    time.perf_counter() - start, {"kept": len(kept), "proposals": len(prob)})
+
+
+def _part_similarity(fine: np.ndarray, n: int, prob: np.ndarray, areas: np.ndarray) -> np.ndarray:
+    """(n, n) symmetric: mean over parts' areas of the probability that a click on one selects the other."""
+    weight = np.zeros((n, len(fine)))
+    weight[fine, np.arange(len(fine))] = areas
+    weight /= np.maximum(weight.sum(1, keepdims=True), 1e-30)
+    cross = prob @ weight.T  # [a, b]: part a's proposal, averaged over part b
+    return 0.5 * (cross + cross.T)
+
+
+def _merge_sequence(fine: np.ndarray, n: int, similarity: np.ndarray, areas: np.ndarray,
+                    edges: np.ndarray) -> list[tuple[int, int, float]]:
+    """Greedy average-linkage merges of adjacent parts, most similar first."""
+    a, b = fine[edges[:, 0]], fine[edges[:, 1]]
+    adjacent = np.zeros((n, n), bool)
+    adjacent[a, b] = adjacent[b, a] = True
+    np.fill_diagonal(adjacent, False)
+    size = np.bincount(fine, weights=areas, minlength=n).astype(np.float64)
+    sim = similarity.copy()
+    alive = np.ones(n, bool)
+    node = np.arange(n)  # the tree node each slot currently is
+    merges: list[tuple[int, int, float]] = []
+    while True:
+        cand = np.where(adjacent & alive[:, None] & alive[None, :], sim, -np.inf)
+        flat = int(np.argmax(cand))
+        i, j = divmod(flat, n)
+        if not np.isfinite(cand[i, j]):
+            break
+        merges.append((int(node[i]), int(node[j]), float(sim[i, j])))
+        wi, wj = size[i], size[j]
+        sim[i] = sim[:, i] = (wi * sim[i] + wj * sim[j]) / (wi + wj)
+        adjacent[i] |= adjacent[j]
+        adjacent[:, i] = adjacent[i]
+        adjacent[i, i] = False
+        size[i] += wj
+        alive[j] = False
+        node[i] = n + len(merges) - 1
+    return merges
+
+
+def cut(tree: PartTree, granularity: float) -> Parts:
+    """The labelling at `granularity` in [0, 1]: the merges (in order) with similarity >= granularity."""
+    if not 0.0 <= granularity <= 1.0:
+        raise BsbError(f"granularity must lie in [0, 1] (0 coarse, 1 fine), got {granularity}", "bad_request")
+    n = tree.n_fine
+    parent = np.arange(n + len(tree.merges))
+    for k, (a, b, s) in enumerate(tree.merges):
+        if s < granularity:
+            break  # a prefix of the sequence, so the part count is monotone in granularity
+        parent[a] = parent[b] = n + k
+    root = np.arange(n)
+    for _ in range(len(tree.merges) + 1):
+        nxt = parent[root]
+        if np.array_equal(nxt, root):
+            break
+        root = nxt
+    part_of_fine = root
+    labels = part_of_fine[tree.fine]
+    area = np.bincount(labels, weights=tree.areas, minlength=int(labels.max()) + 1)
+    present = np.nonzero(area > 0)[0]
+    order = present[np.argsort(-area[present], kind="stable")]
+    remap = np.full(len(area), -1)
+    remap[order] = np.arange(len(order))
+    labels = remap[labels].astype(np.int32)
+    fine_part = remap[part_of_fine]
+    total = tree.areas.sum()
+    fine_area = np.bincount(tree.fine, weights=tree.areas, minlength=n)
+    p = len(order)
+    score = np.bincount(fine_part, weights=fine_area * tree.fine_scores, minlength=p) / np.maximum(
+        np.bincount(fine_part, weights=fine_area, minlength=p), 1e-30)
+    seed = np.zeros(p, np.int64)
+    best = np.full(p, -np.inf)
+    for f in range(n):
+        if tree.fine_scores[f] > best[fine_part[f]]:
+            best[fine_part[f]] = tree.fine_scores[f]
+            seed[fine_part[f]] = tree.fine_seeds[f]
+    return Parts(labels, p, area[order] / total, score, seed, float(granularity))
+
+
+def segment_all(prepared: Any, settings: SegmentAllSettings = SegmentAllSettings(), progress: Progress = None,
+                cancel: Cancel = None) -> tuple[Parts, PartTree]:
+    """Parts of a `pipeline.PreparedMesh` at `settings.granularity`, and the tree to re-cut it cheaply."""
+    mesh = prepared.mesh
+    start = time.perf_counter()
+    proposals = propose(prepared.iseg, mesh.faces, mesh.vertices, settings.n_seeds, progress, cancel)
+    tree = build_tree(proposals, mesh.vertices, mesh.faces, settings)
+    tree.seconds = time.perf_counter() - start
+    return cut(tree, settings.granularity), tree
