@@ -48,9 +48,6 @@ def _iou(spaces, shuffle: bool) -> tuple[float, list[float]]:
     return bsb_part_iou(records), per_mesh
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: the pre-fix cpu profile (3 SAM distillation steps, front-biased SAM "
-                   "views) gives a final part IoU of about 0.17 here; the profile fixes must make this pass, and "
-                   "strict=True then fails the run until this mark is removed")
 def test_shipped_configuration_selects_the_clicked_part(spaces):
     iou, per_mesh = _iou(spaces, shuffle=False)
     assert iou >= 0.6, np.round(per_mesh, 2)

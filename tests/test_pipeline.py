@@ -140,7 +140,7 @@ def test_teacher_views_are_uniform_on_the_sphere(models_dir, monkeypatch):
 
     modes = []
     render = pipeline.render_views
-    monkeypatch.setattr(pipeline, "render_views", lambda mesh, n, size, mode: modes.append(mode) or render(mesh, n, size, mode))
+    monkeypatch.setattr(pipeline, "render_views", lambda mesh, n, size, mode, *rest: modes.append(mode) or render(mesh, n, size, mode, *rest))
     v, f, _, _ = mug(0, 8)
     Session("tiny", "cpu", models_dir=models_dir, use_cache=False).prepare(mesh_from_arrays(v, f))
     assert modes == ["uniform", "uniform"]
