@@ -26,6 +26,8 @@ from engine.errors import Cancelled
 from engine.iseg.postprocess import select_vertices
 from engine.parts.graph import label_pieces, mesh_edges, vertex_areas
 
+UNVOTED = 0.1  # a vertex with a smaller vote is surface that (almost) no view put inside a mask
+
 Progress = Callable[[float, str], None] | None
 Cancel = Callable[[], bool] | None
 
@@ -38,7 +40,8 @@ class TextSettings:
     the best-supported region, every other supported one with at least `min_piece` of its vote-weighted
     area joins the answer (a name often has several pieces: two wings). The decoder answers pieces of
     the region (`max_parts` clicks at most) until at most `uncovered` of its area is left; an iSeg answer
-    whose area-IoU with its piece is under `min_agreement` is replaced by that piece."""
+    whose area-IoU with its piece is under `min_agreement`, or with less than `min_precision` of its
+    area on voted surface (vote >= UNVOTED), is replaced by that piece (bench/parts.py measures both)."""
 
     views: int = 8
     size: int = 384
@@ -46,6 +49,7 @@ class TextSettings:
     min_views: int = 2
     min_share: float = 0.5
     min_agreement: float = 0.3
+    min_precision: float = 0.6
     min_piece: float = 0.25
     max_parts: int = 4
     uncovered: float = 0.25
@@ -200,7 +204,7 @@ def _answer(iseg: Any, faces: np.ndarray, edges: np.ndarray, areas: np.ndarray, 
     clicks = [(seed, True)]
     weights = np.asarray(iseg.predict(clicks), np.float32)
     mask = select_vertices(weights, faces, clicks)
-    unvoted = mask & (votes < 0.1) & (seen >= 2)
+    unvoted = mask & (votes < UNVOTED) & (seen >= 2)
     if unvoted.any():
         neg = int(np.argmax(np.where(unvoted, _depth(unvoted, edges), -1)))
         clicks2 = clicks + [(neg, False)]
@@ -219,7 +223,9 @@ def _cover(iseg: Any, faces: np.ndarray, edges: np.ndarray, areas: np.ndarray, v
     voted surface of two wings joins across the body), and one click selects one of them. Each round
     answers the largest uncovered connected piece of the region, until at most `settings.uncovered` of
     it is left or `settings.max_parts` rounds ran. A decoder answer whose area-IoU with its piece is
-    under `min_agreement` is replaced by the piece (the decoder disagrees with every view: trust them).
+    under `min_agreement`, or with less than `min_precision` of its area on surface some views voted for
+    (the decoder's part is bigger than the named one: a rudder click that takes the tail), is replaced
+    by the piece.
     """
     mask = np.zeros(len(region), bool)
     weights = np.zeros(len(region), np.float32)
@@ -236,7 +242,8 @@ def _cover(iseg: Any, faces: np.ndarray, edges: np.ndarray, areas: np.ndarray, v
         target = pieces == ids[int(np.argmax(size))]
         answer, w, c = _answer(iseg, faces, edges, areas, votes, seen, target)
         source = "iseg"
-        if _iou(answer, target, areas) < settings.min_agreement:
+        precision = (answer & (votes >= UNVOTED)) @ areas / max(answer @ areas, 1e-30)
+        if _iou(answer, target, areas) < settings.min_agreement or precision < settings.min_precision:
             answer, source = target, "votes"
         mask |= answer
         weights = np.maximum(weights, w)
