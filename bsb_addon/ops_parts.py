@@ -53,6 +53,7 @@ def write_split(obj, split: parts.Split, prefix: str) -> list[str]:
         clean()
         raise
     for group in [g for g in obj.vertex_groups if parts.is_split_name(g.name, prefix) or g.name in names]:
+        _remove(me.attributes, meshio.attribute_name(group.name))  # a matched part's twin, if it was one
         obj.vertex_groups.remove(group)
     _remove(me.attributes, parts.COLOR_ATTRIBUTE)
     for tmp, name in zip(tmp_groups, names):
