@@ -76,7 +76,8 @@ def labels_to_base(labels: np.ndarray, mesh: MeshFiles) -> np.ndarray:
         return labels
     first = meshmath.first_copy(mesh.copies, mesh.n_base)
     if (first < 0).any():  # read_mesh sends the evaluated mesh only when every base vertex has a copy
-        raise ResultError("Some vertices have no counterpart in the engine's mesh; apply the modifiers and split again.")
+        raise ResultError("Some vertices have no counterpart in the engine's mesh; apply the modifiers and "
+                          "split again.")
     return labels[first]
 
 

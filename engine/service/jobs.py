@@ -99,7 +99,8 @@ def _match_data(match, folder: Path, prefix: str, n_vertices: int, original_size
     data.update({
         "weights": save_array(folder, f"{prefix}weights", arrays["weights"]) if found else None,
         "mask": save_array(folder, f"{prefix}vertex_mask", arrays["mask"]) if found else None,
-        "part_mask": save_array(folder, f"{prefix}part_mask", arrays["part_mask"]) if match.part_mask is not None else None,
+        "part_mask": (save_array(folder, f"{prefix}part_mask", arrays["part_mask"])
+                      if match.part_mask is not None else None),
         "object_mask": (save_array(folder, f"{prefix}object_mask", arrays["object_mask"])
                         if match.object_mask is not None else None),
     })
