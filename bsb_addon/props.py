@@ -60,7 +60,8 @@ class BSB_PG_settings(bpy.types.PropertyGroup):
                                              "a new split replaces the groups of the last one with this prefix")
     part_text: StringProperty(name="Find", default="",
                               description="Name of the part to find on the mesh, such as 'handle' or 'wing' "
-                                          "(no reference image needed)")
+                                          "(no reference image needed); the vertex group gets this name "
+                                          "unless Group is set")
 
 
 class BSB_PG_job(bpy.types.PropertyGroup):
