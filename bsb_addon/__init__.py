@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import bpy
 
-from . import ops_engine, ops_models, ops_part, ops_pick, overlay, panels, prefs, props, session
+from . import ops_engine, ops_models, ops_part, ops_parts, ops_pick, overlay, panels, prefs, props, session
 
 classes = (*props.classes, *prefs.classes, *ops_engine.classes, *ops_models.classes, *ops_part.classes,
-           *ops_pick.classes, *panels.classes)
+           *ops_parts.classes, *ops_pick.classes, *panels.classes)
 
 
 @bpy.app.handlers.persistent

@@ -53,6 +53,18 @@ def draw_clicks(layout, settings) -> None:
     row.operator("bsb.clear_clicks", text="", icon="X")
 
 
+def draw_parts(layout, settings) -> None:
+    """Split Into Parts (granularity, group prefix) and Find Part (a name, no image needed)."""
+    box = layout.box()
+    row = box.row(align=True)
+    row.prop(settings, "granularity")
+    row.prop(settings, "parts_prefix", text="")
+    box.operator("bsb.split_parts", icon="MOD_EXPLODE")
+    row = box.row(align=True)
+    row.prop(settings, "part_text", text="", icon="VIEWZOOM")
+    row.operator("bsb.find_part", text="Find Part")
+
+
 class BSB_PT_view3d(bpy.types.Panel):
     bl_label = "BSB"
     bl_space_type = "VIEW_3D"
@@ -85,6 +97,7 @@ class BSB_PT_view3d(bpy.types.Panel):
         row = layout.row(align=True)
         row.operator("bsb.match_all", icon="OUTLINER_DATA_POINTCLOUD")
         row.prop(s, "max_regions", text="")
+        draw_parts(layout, s)
         box = layout.box()
         box.prop(s, "material")
         box.prop(s, "color_from_image")

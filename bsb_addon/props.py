@@ -52,6 +52,16 @@ class BSB_PG_settings(bpy.types.PropertyGroup):
     active_result: IntProperty()
     max_regions: IntProperty(name="Max regions", default=8, min=1, max=64)
     show_overlay: BoolProperty(name="Overlay", default=True, description="Show the part over image and mesh")
+    granularity: FloatProperty(name="Granularity", min=0.0, max=1.0, default=0.5, subtype="FACTOR",
+                               description="Split Into Parts: 0 gives few big parts, 1 the finest; moving it and "
+                                           "splitting again needs no new preparation")
+    parts_prefix: StringProperty(name="Prefix", default="Split",
+                                 description="Split Into Parts names its groups '<prefix> 01', '<prefix> 02', ...; "
+                                             "a new split replaces the groups of the last one with this prefix")
+    part_text: StringProperty(name="Find", default="",
+                              description="Name of the part to find on the mesh, such as 'handle' or 'wing' "
+                                          "(no reference image needed); the vertex group gets this name "
+                                          "unless Group is set")
 
 
 class BSB_PG_job(bpy.types.PropertyGroup):

@@ -2,7 +2,8 @@
 
 Its answers follow a planted rule so tests know them by construction: a click in the top half of the
 image (y < H/2, top-left origin) selects the vertices above the mesh's mid-height along its up axis,
-a click in the bottom half the ones below; a click in the leftmost tenth finds no part. Flags make it
+a click in the bottom half the ones below; a click in the leftmost tenth finds no part. segment_all cuts
+the mesh into height bands (2 below granularity 0.5, else 3), find_part finds "top" (the upper half) only. Flags make it
 misbehave on purpose: --protocol N, --random-weights, --crash-on TYPE, --slow SECONDS, --ignore-cancel,
 --die-at-start, --hang-on TYPE (stop answering anything, status included), --no-id-on TYPE (answer that
 request with an error whose id is null, as the engine does for a line it cannot read). The hello also
@@ -100,6 +101,21 @@ def main() -> int:
         height_axis = mesh["v"][:, mesh["up"]]
         mid = 0.5 * (height_axis.min() + height_axis.max())
         top = height_axis > mid
+        if kind == "segment_all":
+            n = 2 if req.get("granularity", 0.5) < 0.5 else 3
+            edges = np.quantile(height_axis, np.linspace(0, 1, n + 1)[1:-1])
+            labels = np.searchsorted(edges, height_axis, side="right").astype(np.int32)
+            path = os.path.join(req["job_dir"], "part_labels.npy")
+            np.save(path, labels)
+            parts = [{"index": i, "name": f"part {i + 1}", "n_vertices": int((labels == i).sum()), "area": 1 / n,
+                      "score": 0.9, "seed": int(np.argmax(labels == i)), "color": [200, 40 * i, 255 - 60 * i]}
+                     for i in range(n)]
+            return {"labels": path, "n_parts": n, "granularity": req.get("granularity", 0.5), "parts": parts,
+                    "reused": False, "seconds": 0.0}
+        if kind == "find_part":
+            if req["text"] != "top":
+                return {"found": False, "reason": f"no view shows a '{req['text']}'", "mask": None, "weights": None}
+            return {"found": True, "reason": "", **save(req["job_dir"], top, None)}
         if kind == "refine":
             clicks = req["clicks"]
             pos = [c[0] for c in clicks if c[1]]

@@ -78,3 +78,36 @@ def test_view_votes_average_over_the_views_that_see_a_vertex():
     assert seen.tolist() == [2, 2, 2, 1, 0]
     assert votes[1] == pytest.approx(1.0) and votes[3] == pytest.approx(0.0)
     assert votes[0] == pytest.approx((0.5 + 1.0) / 2)      # half its pixels in view 0, all in view 1
+
+
+class _StubDecoder:
+    """Answers a click with one of the planted parts: the one holding the clicked vertex."""
+
+    def __init__(self, parts):
+        self.parts = parts
+
+    def predict(self, clicks):
+        v = clicks[0][0]
+        return next(p for p in self.parts if p[v]).astype(np.float32)
+
+
+def test_text_answer_covers_every_named_piece_and_refuses_a_decoder_part_that_spills():
+    from engine.parts.text import TextSettings, _cover
+
+    v, f = grid(20)
+    x, y = v[:, 0], v[:, 1]
+    left = (x < 0.3) & (y > 0.3) & (y < 0.7)            # two pieces the views voted for ("wings")
+    right = (x > 0.7) & (y > 0.3) & (y < 0.7)
+    votes = (left | right).astype(np.float64)
+    edges, areas, seen = mesh_edges(f), vertex_areas(v, f), np.full(len(v), 8.0)
+    region = left | right
+    # the decoder knows each wing as its own part: one click cannot take both, two clicks do
+    mask, _, clicks, source = _cover(_StubDecoder([left, right, ~region]), f, edges, areas, votes, seen, region,
+                                     TextSettings())
+    assert np.array_equal(mask, region) and len(clicks) == 2 and source == "iseg"
+    # a decoder whose left part spills over unvoted surface (a rudder click that takes the tail): its IoU
+    # with the piece (~0.5) passes min_agreement, the share on voted surface (~0.5) fails min_precision
+    spill = left | ((y < 0.3) & (x < 0.45))
+    mask, _, _, source = _cover(_StubDecoder([spill, right, ~(spill | right)]), f, edges, areas, votes, seen, region,
+                                TextSettings())
+    assert np.array_equal(mask, region) and source == "iseg+votes"

@@ -9,8 +9,11 @@
    it is clicked; a region that changes with the click point is not one part). The decoder was
    trained on the views' segmenter masks, so agreement between clicks is agreement between the
    views it learned from.
-3. Suppression: regions sorted by score; one overlapping a kept region by more than `nms_iou` (area
-   IoU) is dropped.
+3. Suppression: a proposal whose confidence is under `min_confidence` is no part (a decoder that
+   learned nothing still answers a click with a faint bump of probability around it; thresholding
+   that bump yields click-shaped blobs, FPS cells that any segmentation metric rewards a little, so
+   such answers must not become parts). The rest, sorted by score; one overlapping a kept region by
+   more than `nms_iou` (area IoU) is dropped.
 4. Finest partition: each vertex goes to the smallest kept region holding it (nested parts survive),
    else to the kept proposal with the highest probability, so every vertex is assigned; pieces under
    `min_area` of the surface join their neighbour.
@@ -40,9 +43,13 @@ Cancel = Callable[[], bool] | None
 @dataclass(frozen=True)
 class SegmentAllSettings:
     """Shipped settings (bench/parts.py measures them). `n_seeds` bounds the cost: one decoder pass per
-    seed (~0.15 s at 50k vertices on 2 cores). `min_area` is a share of the surface area."""
+    seed (~0.15 s at 50k vertices on 2 cores). `min_area` is a share of the surface area.
+    `min_confidence`: on the quick bench meshes, oracle-trained decoders answer most seeds with
+    confidence 0.9+ and their worst proposals (IoU < 0.5 with any part) with 0.14-0.3; decoders trained
+    on shuffled labels never exceed 0.12. 0.15 scored best of 0-0.2 on all six meshes."""
 
     n_seeds: int = 24
+    min_confidence: float = 0.15
     nms_iou: float = 0.5
     min_area: float = 0.005
     granularity: float = 0.5
@@ -128,12 +135,12 @@ def build_tree(proposals: Proposals, vertices: np.ndarray, faces: np.ndarray,
     masks, prob = proposals.masks, proposals.prob
     kept: list[int] = []
     for i in np.argsort(-proposals.scores, kind="stable"):
-        if proposals.scores[i] <= 0 or not masks[i].any():
+        if proposals.confidence[i] < settings.min_confidence or proposals.scores[i] <= 0 or not masks[i].any():
             continue
         if kept and _area_iou(masks, areas, int(i), np.asarray(kept)).max() > settings.nms_iou:
             continue
         kept.append(int(i))
-    if not kept:  # a decoder that answers nothing clear-cut: one part
+    if not kept:  # a decoder that answers nothing clear-cut: one part per connected piece of the mesh
         kept = [int(np.argmax(proposals.scores))]
     kept_arr = np.asarray(kept)
     size = masks[kept_arr] @ areas

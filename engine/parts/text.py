@@ -26,6 +26,8 @@ from engine.errors import Cancelled
 from engine.iseg.postprocess import select_vertices
 from engine.parts.graph import label_pieces, mesh_edges, vertex_areas
 
+UNVOTED = 0.1  # a vertex with a smaller vote is surface that (almost) no view put inside a mask
+
 Progress = Callable[[float, str], None] | None
 Cancel = Callable[[], bool] | None
 
@@ -33,9 +35,13 @@ Cancel = Callable[[], bool] | None
 @dataclass(frozen=True)
 class TextSettings:
     """Shipped settings. `views`/`size`: renders the detector sees (uniform on the sphere); `vote`: least
-    vote of a region's vertices; the region needs `min_views` views whose masks cover most of it, and
-    at least `min_share` of the views that see it (scattered false boxes rarely agree on one place). An iSeg answer whose area-IoU with the voted region is
-    under `min_agreement` is replaced by that region."""
+    vote of a region's vertices; a region needs `min_views` views whose masks cover most of it, and at
+    least `min_share` of the views that see it (scattered false boxes rarely agree on one place); besides
+    the best-supported region, every other supported one with at least `min_piece` of its vote-weighted
+    area joins the answer (a name often has several pieces: two wings). The decoder answers pieces of
+    the region (`max_parts` clicks at most) until at most `uncovered` of its area is left; an iSeg answer
+    whose area-IoU with its piece is under `min_agreement`, or with less than `min_precision` of its
+    area on voted surface (vote >= UNVOTED), is replaced by that piece (bench/parts.py measures both)."""
 
     views: int = 8
     size: int = 384
@@ -43,6 +49,10 @@ class TextSettings:
     min_views: int = 2
     min_share: float = 0.5
     min_agreement: float = 0.3
+    min_precision: float = 0.6
+    min_piece: float = 0.25
+    max_parts: int = 4
+    uncovered: float = 0.25
 
 
 @dataclass
@@ -57,7 +67,7 @@ class TextPart:
     support: int = 0  # views backing the region
     boxes: int = 0  # boxes the detector returned over all views
     seconds: float = 0.0
-    source: str = ""  # "iseg": the decoder's part from the seed; "votes": the voted region (decoder disagreed)
+    source: str = ""  # "iseg": the decoder's parts; "votes": the voted region (decoder disagreed); "iseg+votes": both
 
 
 class SamBoxSegmenter:
@@ -148,41 +158,98 @@ def find_part(prepared: Any, images: np.ndarray, face_id: np.ndarray, detector: 
     pieces = np.where(voted, pieces, -1)
     ids = np.unique(pieces[voted])
     weight = np.array([(areas * votes)[pieces == i].sum() for i in ids])
-    region = pieces == ids[int(np.argmax(weight))]
-    # views that see the region (a quarter of its area) and views backing it (most of that inside the mask)
-    support = sees = 0
-    region_area = areas[region].sum()
-    for b in range(len(face_id)):
-        v_b, s_b = view_votes(face_id[b:b + 1], mesh.faces, n, masks[b:b + 1])
-        vis = region & (s_b > 0)
-        if areas[vis].sum() >= 0.25 * region_area:
-            sees += 1
-            support += int((v_b[vis] * areas[vis]).sum() >= 0.5 * areas[vis].sum())
-    if support < max(settings.min_views, settings.min_share * sees):
-        return not_found(f"only {support} of the {sees} views that see the best '{phrase}' region support it")
+    order = np.argsort(-weight, kind="stable")
+    region = np.zeros(n, bool)
+    support = 0
+    for rank, i in enumerate(order):
+        if weight[i] < settings.min_piece * weight[order[0]]:
+            break
+        piece = pieces == ids[i]
+        backing, sees = _support(face_id, masks, mesh.faces, areas, piece)
+        if backing < max(settings.min_views, settings.min_share * sees):
+            if rank == 0:
+                return not_found(f"only {backing} of the {sees} views that see the best '{phrase}' region support it")
+            continue
+        region |= piece
+        support = max(support, backing)
     if progress:
         progress(0.85, "seeding iSeg")
-    depth = _depth(region, edges)
-    seed = int(np.argmax(np.where(region, depth * votes, -1.0)))
-    clicks = [(seed, True)]
-    weights = np.asarray(prepared.iseg.predict(clicks), np.float32)
-    mask = select_vertices(weights, mesh.faces, clicks)
-    # a corrective negative click where the decoder's answer covers surface no view voted for
-    unvoted = mask & (votes < 0.1) & (seen >= 2)
-    if unvoted.any():
-        neg = int(np.argmax(np.where(unvoted, _depth(unvoted, edges), -1)))
-        clicks2 = clicks + [(neg, False)]
-        weights2 = np.asarray(prepared.iseg.predict(clicks2), np.float32)
-        mask2 = select_vertices(weights2, mesh.faces, clicks2)
-        if _iou(mask2, region, areas) > _iou(mask, region, areas):
-            clicks, weights, mask = clicks2, weights2, mask2
-    source = "iseg"
-    if _iou(mask, region, areas) < settings.min_agreement:  # the decoder disagrees with every view: trust the views
-        mask, source = region.copy(), "votes"
+    mask, weights, clicks, source = _cover(prepared.iseg, mesh.faces, edges, areas, votes, seen, region, settings)
     if progress:
         progress(1.0, "done")
     return TextPart(True, "", mask, weights, votes, region, clicks, support, n_boxes, time.perf_counter() - start,
                     source)
+
+
+def _support(face_id: np.ndarray, masks: np.ndarray, faces: np.ndarray, areas: np.ndarray,
+             piece: np.ndarray) -> tuple[int, int]:
+    """(views backing `piece`, views seeing it): a view sees it when a quarter of its area is visible, and
+    backs it when most of that visible area lies inside the view's mask."""
+    backing = sees = 0
+    total = areas[piece].sum()
+    for b in range(len(face_id)):
+        v_b, s_b = view_votes(face_id[b:b + 1], faces, len(areas), masks[b:b + 1])
+        vis = piece & (s_b > 0)
+        if areas[vis].sum() >= 0.25 * total:
+            sees += 1
+            backing += int((v_b[vis] * areas[vis]).sum() >= 0.5 * areas[vis].sum())
+    return backing, sees
+
+
+def _answer(iseg: Any, faces: np.ndarray, edges: np.ndarray, areas: np.ndarray, votes: np.ndarray, seen: np.ndarray,
+            target: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[tuple[int, bool]]]:
+    """The decoder's part for one connected voted piece `target`: a click at its deepest well-voted vertex,
+    then a corrective negative where the answer covers surface no view voted for, if that fits better."""
+    seed = int(np.argmax(np.where(target, _depth(target, edges) * votes, -1.0)))
+    clicks = [(seed, True)]
+    weights = np.asarray(iseg.predict(clicks), np.float32)
+    mask = select_vertices(weights, faces, clicks)
+    unvoted = mask & (votes < UNVOTED) & (seen >= 2)
+    if unvoted.any():
+        neg = int(np.argmax(np.where(unvoted, _depth(unvoted, edges), -1)))
+        clicks2 = clicks + [(neg, False)]
+        weights2 = np.asarray(iseg.predict(clicks2), np.float32)
+        mask2 = select_vertices(weights2, faces, clicks2)
+        if _iou(mask2, target, areas) > _iou(mask, target, areas):
+            clicks, weights, mask = clicks2, weights2, mask2
+    return mask, weights, clicks
+
+
+def _cover(iseg: Any, faces: np.ndarray, edges: np.ndarray, areas: np.ndarray, votes: np.ndarray, seen: np.ndarray,
+           region: np.ndarray, settings: TextSettings) -> tuple[np.ndarray, np.ndarray, list[tuple[int, bool]], str]:
+    """Decoder parts that together cover the voted `region` (the union of the supported pieces).
+
+    Why several: a name often covers several parts of the decoder (both wings, both stabilizers; the
+    voted surface of two wings joins across the body), and one click selects one of them. Each round
+    answers the largest uncovered connected piece of the region, until at most `settings.uncovered` of
+    it is left or `settings.max_parts` rounds ran. A decoder answer whose area-IoU with its piece is
+    under `min_agreement`, or with less than `min_precision` of its area on surface some views voted for
+    (the decoder's part is bigger than the named one: a rudder click that takes the tail), is replaced
+    by the piece.
+    """
+    mask = np.zeros(len(region), bool)
+    weights = np.zeros(len(region), np.float32)
+    clicks: list[tuple[int, bool]] = []
+    sources = set()
+    total = areas[region].sum()
+    for _ in range(settings.max_parts):
+        left = region & ~mask
+        if areas[left].sum() <= settings.uncovered * total:
+            break
+        pieces = np.where(left, label_pieces(left.astype(np.int64), edges), -1)
+        ids = np.unique(pieces[left])
+        size = np.array([areas[pieces == i].sum() for i in ids])
+        target = pieces == ids[int(np.argmax(size))]
+        answer, w, c = _answer(iseg, faces, edges, areas, votes, seen, target)
+        source = "iseg"
+        precision = (answer & (votes >= UNVOTED)) @ areas / max(answer @ areas, 1e-30)
+        if _iou(answer, target, areas) < settings.min_agreement or precision < settings.min_precision:
+            answer, source = target, "votes"
+        mask |= answer
+        weights = np.maximum(weights, w)
+        clicks += c
+        sources.add(source)
+    return mask, weights, clicks, "+".join(sorted(sources))
 
 
 def render_for_text(mesh: Any, settings: TextSettings = TextSettings()):

@@ -56,7 +56,8 @@ def load_npy(path: str, what: str, ndim_cols: int, kinds: str) -> np.ndarray:
     return array
 
 
-def _save(folder: Path, name: str, array: np.ndarray | None) -> str | None:
+def save_array(folder: Path, name: str, array: np.ndarray | None) -> str | None:
+    """`folder/name.npy` (its path), or None for no array; a failed write is a bad_request naming the path."""
     if array is None:
         return None
     path = folder / f"{name}.npy"
@@ -96,10 +97,11 @@ def _match_data(match, folder: Path, prefix: str, n_vertices: int, original_size
     data = match.summary()
     found = match.found and match.weights is not None
     data.update({
-        "weights": _save(folder, f"{prefix}weights", arrays["weights"]) if found else None,
-        "mask": _save(folder, f"{prefix}vertex_mask", arrays["mask"]) if found else None,
-        "part_mask": _save(folder, f"{prefix}part_mask", arrays["part_mask"]) if match.part_mask is not None else None,
-        "object_mask": (_save(folder, f"{prefix}object_mask", arrays["object_mask"])
+        "weights": save_array(folder, f"{prefix}weights", arrays["weights"]) if found else None,
+        "mask": save_array(folder, f"{prefix}vertex_mask", arrays["mask"]) if found else None,
+        "part_mask": (save_array(folder, f"{prefix}part_mask", arrays["part_mask"])
+                      if match.part_mask is not None else None),
+        "object_mask": (save_array(folder, f"{prefix}object_mask", arrays["object_mask"])
                         if match.object_mask is not None else None),
     })
     return data
@@ -151,7 +153,7 @@ def make_handlers(state: EngineState) -> dict[str, Handler]:
         clicks = check_clicks(request["clicks"])
         folder = job_folder(request["job_dir"])
         weights, mask = session.refine(mesh, clicks)
-        return {"weights": _save(folder, "weights", weights), "mask": _save(folder, "vertex_mask", mask),
+        return {"weights": save_array(folder, "weights", weights), "mask": save_array(folder, "vertex_mask", mask),
                 "n_selected": int(mask.sum())}
 
     def match_all(request: dict[str, Any], progress: Callable, cancel: Callable) -> dict[str, Any]:
@@ -170,8 +172,12 @@ def make_handlers(state: EngineState) -> dict[str, Handler]:
         folder = job_folder(request["job_dir"])
         region = session.shape_to_image(mesh, image, request["vertices"], progress, cancel)
         return {"found": region.found, "pixel": None if region.pixel is None else [float(c) for c in region.pixel],
-                "mask": _save(folder, "image_mask", region.mask), "confidence": round(region.confidence, 6),
+                "mask": save_array(folder, "image_mask", region.mask), "confidence": round(region.confidence, 6),
                 "reason": region.match.reason}
 
-    return {"prepare": prepare, "set_image": set_image, "match": match, "refine": refine,
-            "match_all": match_all, "shape_to_image": shape_to_image}
+    from engine.service import parts_jobs
+
+    handlers: dict[str, Handler] = {"prepare": prepare, "set_image": set_image, "match": match, "refine": refine,
+                                    "match_all": match_all, "shape_to_image": shape_to_image}
+    handlers.update(parts_jobs.make_handlers(state))  # segment_all, find_part
+    return handlers

@@ -1,60 +1,22 @@
-"""Protocol requests `segment_all` and `find_part` (docs in the module's SCHEMAS and the report).
+"""Handlers of the protocol requests `segment_all` and `find_part` (fields in engine.service.protocol.SCHEMAS
+and docs/protocol.md); engine.service.jobs.make_handlers adds them to the others.
 
-Registration (two lines, in engine/service/jobs.py / protocol.py):
-    protocol.SCHEMAS.update(parts_jobs.SCHEMAS)
-    handlers.update(parts_jobs.make_handlers(state))
 A mesh's part tree is kept per mesh_id, so moving the granularity re-cuts it without a decoder pass.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from engine.errors import BsbError, NotFoundError
+from engine.errors import NotFoundError
+from engine.service.inputs import job_folder
+from engine.service.jobs import EngineState, save_array
 
 
-def _str(v: Any) -> bool:
-    return isinstance(v, str) and v != ""
-
-
-def _fraction(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0.0 <= v <= 1.0
-
-
-# type -> field -> (check, what it must be, required): the format of engine.service.protocol.SCHEMAS
-SCHEMAS: dict[str, dict[str, tuple[Callable[[Any], bool], str, bool]]] = {
-    "segment_all": {"mesh_id": (_str, "a mesh id from prepare", True),
-                    "granularity": (_fraction, "a number from 0 (coarse) to 1 (fine)", False),
-                    "job_dir": (_str, "a folder path for the result arrays", True)},
-    "find_part": {"mesh_id": (_str, "a mesh id from prepare", True),
-                  "text": (lambda v: _str(v) and len(v) <= 200 and bool(v.strip()), "a part name such as \"handle\"", True),
-                  "image_id": (_str, "an image id from set_image (find the text in that image, then BSB)", False),
-                  "job_dir": (_str, "a folder path for the result arrays", True)},
-}
-
-
-def _folder(request: dict[str, Any]) -> Path:
-    folder = Path(request["job_dir"]).expanduser()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BsbError(f"cannot create job folder {folder}: {exc.strerror}; pick a writable folder",
-                       "bad_request") from None
-    return folder
-
-
-def _save(folder: Path, name: str, array: np.ndarray) -> str:
-    path = folder / f"{name}.npy"
-    np.save(path, np.ascontiguousarray(array), allow_pickle=False)
-    return str(path)
-
-
-def make_handlers(state: Any) -> dict[str, Callable]:
+def make_handlers(state: EngineState) -> dict[str, Callable]:
     """Handlers over an engine.service.jobs.EngineState (its session, meshes and images)."""
     from engine.parts.cli import part_colors
     from engine.parts.segment_all import SegmentAllSettings, cut, segment_all
@@ -70,7 +32,7 @@ def make_handlers(state: Any) -> dict[str, Callable]:
     def segment_all_request(request: dict[str, Any], progress: Callable, cancel: Callable) -> dict[str, Any]:
         mesh_id = request["mesh_id"]
         prepared = lookup(state.meshes, mesh_id, "mesh_id", "prepare")
-        folder = _folder(request)
+        folder = job_folder(request["job_dir"])
         granularity = float(request.get("granularity", settings.granularity))
         start = time.monotonic()
         cached = trees.get(mesh_id)
@@ -85,7 +47,7 @@ def make_handlers(state: Any) -> dict[str, Callable]:
         listing = [{"index": i, "name": f"part {i + 1}", "n_vertices": int((parts.labels == i).sum()),
                     "area": round(float(parts.area[i]), 6), "score": round(float(parts.score[i]), 6),
                     "seed": int(parts.seed[i]), "color": [int(c) for c in colors[i]]} for i in range(parts.n_parts)]
-        return {"labels": _save(folder, "part_labels", parts.labels.astype(np.int32)), "n_parts": parts.n_parts,
+        return {"labels": save_array(folder, "part_labels", parts.labels.astype(np.int32)), "n_parts": parts.n_parts,
                 "granularity": granularity, "parts": listing, "reused": reused,
                 "seconds": round(time.monotonic() - start, 3)}
 
@@ -93,7 +55,7 @@ def make_handlers(state: Any) -> dict[str, Callable]:
         from engine.parts.text import find_in_image, find_part_in_session
 
         prepared = lookup(state.meshes, request["mesh_id"], "mesh_id", "prepare")
-        folder = _folder(request)
+        folder = job_folder(request["job_dir"])
         text = request["text"].strip()
         if "image_id" in request:
             from engine.results import match_arrays
@@ -104,15 +66,15 @@ def make_handlers(state: Any) -> dict[str, Callable]:
                                     "box_score": round(found.score, 6), "mask": None, "weights": None}
             if found.found:
                 arrays = match_arrays(found.match, prepared.mesh.num_vertices, image.image.original_size)
-                data["mask"] = _save(folder, "vertex_mask", arrays["mask"])
-                data["weights"] = _save(folder, "weights", arrays["weights"])
+                data["mask"] = save_array(folder, "vertex_mask", arrays["mask"])
+                data["weights"] = save_array(folder, "weights", arrays["weights"])
                 data["confidence"] = round(float(found.match.confidence), 6)
             return data
         found = find_part_in_session(state.session, prepared, text, progress=progress, cancel=cancel)
         return {"found": found.found, "reason": found.reason,
-                "mask": _save(folder, "vertex_mask", found.mask) if found.found else None,
-                "weights": _save(folder, "weights", found.weights) if found.found else None,
-                "votes": _save(folder, "votes", found.votes.astype(np.float32)),
+                "mask": save_array(folder, "vertex_mask", found.mask) if found.found else None,
+                "weights": save_array(folder, "weights", found.weights) if found.found else None,
+                "votes": save_array(folder, "votes", found.votes.astype(np.float32)),
                 "clicks": [[int(v), bool(p)] for v, p in found.clicks], "support": int(found.support),
                 "boxes": int(found.boxes), "source": found.source, "seconds": round(found.seconds, 3)}
 

@@ -21,6 +21,7 @@ MAX_LINE_BYTES = 1 << 20
 MAX_DEPTH = 32  # no request nests deeper than 4; a deeper line is refused before json sees it
 MAX_NUMBER_CHARS = 40  # no request needs a longer number; Python would spend quadratic time on 5000 digits
 ID_SCAN_BYTES = 4096  # how far into an unreadable line the request id is looked for
+MAX_PHRASE_CHARS = 200  # a part name (find_part text); a sentence is no name
 
 _TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}:]')
 
@@ -193,6 +194,14 @@ def _mesh(value: Any) -> bool:
     return set(value) == {"npy_vertices", "npy_faces"} and all(_str(v) for v in value.values())
 
 
+def _fraction(value: Any) -> bool:
+    return _number(value) and 0.0 <= value <= 1.0
+
+
+def _phrase(value: Any) -> bool:
+    return _str(value) and len(value) <= MAX_PHRASE_CHARS and bool(value.strip())
+
+
 # type -> field -> (check, what it must be, required)
 SCHEMAS: dict[str, dict[str, tuple[Callable[[Any], bool], str, bool]]] = {
     "prepare": {"mesh": (_mesh, '{"path": str} or {"npy_vertices": str, "npy_faces": str}', True),
@@ -217,6 +226,13 @@ SCHEMAS: dict[str, dict[str, tuple[Callable[[Any], bool], str, bool]]] = {
                        "image_id": (_str, "an image id from set_image", True),
                        "vertices": (_vertices, "a non-empty list of vertex indices", True),
                        "job_dir": (_str, "a folder path for the result arrays", True)},
+    "segment_all": {"mesh_id": (_str, "a mesh id from prepare", True),
+                    "granularity": (_fraction, "a number from 0 (coarse) to 1 (fine)", False),
+                    "job_dir": (_str, "a folder path for the result arrays", True)},
+    "find_part": {"mesh_id": (_str, "a mesh id from prepare", True),
+                  "text": (_phrase, f"a part name such as \"handle\" (at most {MAX_PHRASE_CHARS} characters)", True),
+                  "image_id": (_str, "an image id from set_image (find the text in that image, then BSB)", False),
+                  "job_dir": (_str, "a folder path for the result arrays", True)},
     "status": {},
     "cancel": {"job": (_str, "the id of the request to cancel", True)},
     "shutdown": {},
