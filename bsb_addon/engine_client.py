@@ -81,6 +81,13 @@ class EngineConfig:
     idle_check: float = 20.0
     status_timeout: float = 15.0
     offline: bool = True
+    # A remote engine (bsb_addon/remote_client.py) instead of the subprocess when `address` is set.
+    address: str = ""
+    token: str = ""
+    tls: bool = False
+    cafile: str = ""
+    connect_timeout: float = 10.0
+    send_timeout: float = 120.0
 
 
 def build_command(config: EngineConfig) -> list[str]:
