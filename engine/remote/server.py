@@ -151,6 +151,7 @@ class RemoteServer:
                 except frames.FrameError as exc:
                     conn.send(protocol.error(exc.request_id, exc.code, str(exc)))
                     if exc.fatal:
+                        await _discard(reader)
                         break
                     continue
                 self._dispatch(conn, message, blobs)
@@ -175,6 +176,7 @@ class RemoteServer:
         except (frames.FrameError, asyncio.TimeoutError):
             message = {}
         if message.get("type") != "auth" or not auth.token_matches(message.get("token"), self.token):
+            await _discard(reader, 1 << 20, 0.2)
             await _refuse(writer, "unauthorized", "wrong or missing token: the first frame must be "
                                                   '{"type": "auth", "token": ...}; copy the token the engine printed '
                                                   "into the add-on preferences")
@@ -287,6 +289,21 @@ async def read_frame(reader: asyncio.StreamReader, max_json: int, max_blobs: int
     if not isinstance(message, dict):
         raise frames.FrameError("a frame's JSON must be an object", "bad_json", fatal=False)
     return message, frames.split_blobs(message, data)
+
+
+async def _discard(reader: asyncio.StreamReader, limit: int = 64 << 20, seconds: float = 2.0) -> None:
+    """Read (and drop) what the client already sent, bounded, before closing: closing a socket with unread
+    input resets it, and the reset would destroy the error frame that explains the refusal."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    try:
+        while limit > 0:
+            left = deadline - asyncio.get_running_loop().time()
+            chunk = await asyncio.wait_for(reader.read(min(limit, 1 << 20)), max(left, 0.001))
+            if not chunk:
+                return
+            limit -= len(chunk)
+    except (asyncio.TimeoutError, ConnectionError, OSError, ssl.SSLError):
+        pass
 
 
 async def _refuse(writer: asyncio.StreamWriter, code: str, message: str) -> None:
