@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 import socket
+import subprocess
 import struct
 import threading
 import time
@@ -65,7 +67,7 @@ class Backend:
 class Harness:
     """A RemoteServer with its event loop and worker in threads, listening on 127.0.0.1:<free port>."""
 
-    def __init__(self, root: Path, limits=None):
+    def __init__(self, root: Path, limits=None, context=None):
         self.backend = Backend()
         self.server = remote.RemoteServer(self.backend.handlers(), HELLO, lambda: {"device": "cpu"}, TOKEN, root,
                                           limits or remote.Limits(max_request=1 << 20))
@@ -74,7 +76,8 @@ class Harness:
 
         def run_loop():
             asyncio.set_event_loop(self.loop)
-            self.listener = self.loop.run_until_complete(asyncio.start_server(self.server.handle, "127.0.0.1", 0))
+            self.listener = self.loop.run_until_complete(asyncio.start_server(self.server.handle, "127.0.0.1", 0,
+                                                                                  ssl=context))
             self.port = self.listener.sockets[0].getsockname()[1]
             started.set()
             self.loop.run_forever()
@@ -206,6 +209,13 @@ def test_token_is_generated_stored_private_and_reused(tmp_path, monkeypatch):
         auth.resolve_token("short", tmp_path)
     assert auth.token_matches(token, token) and not auth.token_matches(token[:-1] + "x", token)
     assert not auth.token_matches(None, token)
+
+
+def test_tls_needs_both_files_and_readable_ones(tmp_path):
+    with pytest.raises(BsbError, match="--cert and --key"):
+        remote.tls_context(tmp_path / "c.pem", None)
+    with pytest.raises(BsbError, match="cannot load the TLS certificate"):
+        remote.tls_context(tmp_path / "c.pem", tmp_path / "k.pem")
 
 
 def test_non_loopback_address_without_token_is_refused():
@@ -427,3 +437,24 @@ def test_remote_client_fails_a_job_when_the_engine_is_gone(harness, tmp_path):
     with pytest.raises(EngineCrashed) as err:
         pending.wait(timeout=20)
     assert "Lost the connection" in err.value.message and "Nothing was written" in err.value.message
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_tls_with_a_self_signed_certificate(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=30)
+    h = Harness(tmp_path / "jobs", context=remote.tls_context(cert, key))
+    try:
+        address = f"127.0.0.1:{h.port}"
+        client = rc.RemoteClient(EngineConfig(address=address, token=TOKEN, tls=True, cafile=str(cert)))
+        assert client.start()["remote"]["tls"] is True
+        assert client.request("status", timeout=10)["busy"] is False
+        client.kill()
+        with pytest.raises(EngineError, match="certificate"):  # the system's CAs do not know this certificate
+            rc.RemoteClient(EngineConfig(address=address, token=TOKEN, tls=True, connect_timeout=3)).start()
+        with pytest.raises(EngineError, match="TLS set the same"):  # plain client, TLS engine
+            rc.RemoteClient(EngineConfig(address=address, token=TOKEN, connect_timeout=2)).start()
+    finally:
+        h.close()
