@@ -14,6 +14,7 @@ a job is retried once: reconnect and `fetch` the job by id (the engine keeps run
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import itertools
 import json
 import queue
@@ -28,7 +29,7 @@ import uuid
 import zlib
 from pathlib import Path
 
-from .engine_client import (_CRASH, PROTOCOL_VERSION, EngineConfig, EngineCrashed, EngineError, EngineMissing,
+from .engine_client import (_CRASH, PROTOCOL_VERSION, ConnectionLost, EngineConfig, EngineError, EngineMissing,
                             Pending, ProtocolMismatch)
 
 HEADER = struct.Struct(">II")  # JSON length, blob length (big-endian), then JSON, then blobs
@@ -97,6 +98,9 @@ class RemoteClient:
     def _connect(self) -> None:
         host, port = parse_address(self.address)
         cfg = self.config
+        if not cfg.online and not _loopback(host):
+            raise EngineMissing("Blender's 'Allow Online Access' is off (Preferences > System > Network): allow it "
+                                f"to use the remote engine at {self.address}, or use the Local engine.")
         check = (f"check the address in the add-on preferences, that the engine runs there "
                  f"(python -m engine serve --listen ...) and that no firewall blocks port {port}")
         try:
@@ -198,7 +202,7 @@ class RemoteClient:
                               "vertices and try again.", "too_large")
         with self._lock:
             if self._dead or self._sock is None:
-                raise EngineCrashed(self.crash_message())
+                raise self.crash_error()
             self._pending[request_id] = pending
             if job_dir is not None:
                 self._job_dirs[request_id] = str(job_dir)
@@ -241,23 +245,20 @@ class RemoteClient:
         except EngineError:
             pass
 
-    def ping(self, timeout: float = 10.0) -> float:
-        """Seconds for a `status` round trip (Test Connection)."""
-        start = time.monotonic()
-        self.request("status", timeout=timeout)
-        return time.monotonic() - start
-
     def log_tail(self, n_lines: int = 20) -> str:
         return ""
 
     def log_hint(self) -> str:
         return f" The engine's log is on the machine at {self.address}."
 
+    def crash_error(self) -> EngineError:
+        return ConnectionLost(self.crash_message())
+
     def crash_message(self) -> str:
         why = f" ({self._reason})" if self._reason else ""
         return (f"Lost the connection to the remote engine at {self.address}{why}. Check that the engine still "
                 "runs there and that the network is up. Nothing was written to your .blend: press 'Restart "
-                "Engine' to reconnect, then run the action again.")
+                "Engine' to reconnect, or 'Retry' to reconnect and run the action again.")
 
     # -- internals ------------------------------------------------------------------------------
     def _forget(self, request_id: str) -> None:
@@ -269,7 +270,7 @@ class RemoteClient:
     def _write(self, frame: bytes, what: str, blocking: bool = True) -> None:
         sock = self._sock
         if sock is None:
-            raise EngineCrashed(self.crash_message())
+            raise self.crash_error()
         if not self._write_lock.acquire(blocking=blocking):
             return  # a heartbeat while a large request is being sent: that send is traffic enough
         try:
@@ -278,10 +279,10 @@ class RemoteClient:
         except socket.timeout:
             self._reason = f"sending {what} took over {self.config.send_timeout:.0f} s"
             self.kill()
-            raise EngineCrashed(self.crash_message()) from None
+            raise self.crash_error() from None
         except OSError as exc:
             self._reason = f"sending {what} failed: {exc.strerror or exc}"
-            raise EngineCrashed(self.crash_message()) from None
+            raise self.crash_error() from None
         finally:
             self._write_lock.release()
 
@@ -319,9 +320,12 @@ class RemoteClient:
             fetched = self._fetches.pop(rid, None)
         if fetched is not None:  # the answer to a fetch after a reconnect
             data = msg.get("data") or {}
-            if msg.get("type") == "error":
-                self._deliver(fetched, {"type": "error", "id": fetched, "code": "crashed",
-                                        "message": f"{self.crash_message()} ({msg.get('message', '')})"}, [])
+            if msg.get("type") == "error":  # the engine restarted and lost the job
+                self._reason = "the engine restarted; the job was lost"
+                with self._lock:
+                    pending = self._pending.get(fetched)
+                if pending is not None:
+                    pending.queue.put(_CRASH)
             elif data.get("state") == "done":
                 self._deliver(fetched, data.get("message") or {}, blobs)
             return  # queued or running: its result will come on this connection
@@ -371,6 +375,13 @@ class RemoteClient:
                 pass
         for pending in waiting.values():
             pending.queue.put(_CRASH)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _take_frame(buf: bytearray) -> tuple[dict, list[bytes]] | None:

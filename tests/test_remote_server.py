@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from bsb_addon import remote_client as rc
-from bsb_addon.engine_client import EngineConfig, EngineCrashed, EngineError
+from bsb_addon.engine_client import ConnectionLost, EngineConfig, EngineError
 from engine.errors import BsbError
 from engine.remote import auth, frames, jobs, server as remote
 from engine.remote.fairqueue import FairQueue
@@ -388,7 +388,7 @@ def test_remote_client_writes_result_arrays_into_the_callers_job_folder(harness,
     assert [c[0] for c in harness.backend.calls] == ["prepare", "set_image", "match"]  # second prepare: memo
     seen = {c[1]["job_dir"] for c in harness.backend.calls if "job_dir" in c[1]}
     assert all(Path(d).parent == harness.server.root / client.client_name for d in seen)
-    assert client.ping() < 5
+    assert client.request("status", timeout=5)["your_queue"] == 0
     client.kill()
 
 
@@ -416,6 +416,8 @@ def test_remote_client_names_what_to_check_when_it_cannot_connect(tmp_path):
     assert "engine runs there" in err.value.message and "firewall" in err.value.message
     with pytest.raises(EngineError, match="HOST:PORT"):
         rc.RemoteClient(EngineConfig(address="nowhere", token=TOKEN)).start()
+    with pytest.raises(EngineError, match="Allow Online Access"):
+        rc.RemoteClient(EngineConfig(address="192.0.2.1:8765", token=TOKEN, online=False)).start()
 
 
 def test_remote_client_reports_a_wrong_token(harness):
@@ -434,7 +436,7 @@ def test_remote_client_fails_a_job_when_the_engine_is_gone(harness, tmp_path):
                                            "npy_faces": str(tmp_path / "f.npy")}, name="3")
     time.sleep(0.3)
     harness.close()  # stops the listener and ends the connection: the reconnect finds nobody
-    with pytest.raises(EngineCrashed) as err:
+    with pytest.raises(ConnectionLost) as err:
         pending.wait(timeout=20)
     assert "Lost the connection" in err.value.message and "Nothing was written" in err.value.message
 

@@ -1,0 +1,120 @@
+"""The bpy-wheel add-on drives a real loopback remote engine (tiny profile: random weights, plumbing only):
+Test Connection, a lost connection mid-job (nothing written, the error in the status bar, Retry offered
+and working), and api.match(address=, token=) writing the vertex group."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+bpy = pytest.importorskip("bpy")
+import addon_utils  # noqa: E402
+
+from bsb_addon import api, feedback, session  # noqa: E402
+from tests.remote_engine import TOKEN, RemoteEngine  # noqa: E402
+
+pytestmark = pytest.mark.blender
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    d = tmp_path_factory.mktemp("remote_addon")
+    mod = addon_utils.enable("bsb_addon", default_set=True, handle_error=None)
+    assert mod is not None
+    engine = RemoteEngine(d)
+    holder = {"engine": engine, "dir": d}
+    prefs = session.preferences()
+    prefs.engine_mode, prefs.remote_address, prefs.remote_token = "REMOTE", engine.address, TOKEN
+    yield holder
+    session.release()
+    holder["engine"].close()
+    prefs.engine_mode = "LOCAL"
+    addon_utils.disable("bsb_addon", default_set=True)
+
+
+def reset_scene():
+    for coll in (bpy.data.objects, bpy.data.meshes, bpy.data.images):
+        for item in list(coll):
+            coll.remove(item)
+    s = bpy.context.scene.bsb
+    s.results.clear()
+    s.clicks.clear()
+    job = bpy.context.window_manager.bsb_job
+    job.error, job.fix, job.message, job.busy, job.engine_info = "", "NONE", "", False, ""
+
+
+def sphere():
+    bpy.ops.mesh.primitive_uv_sphere_add(segments=12, ring_count=8, radius=1.0)
+    return bpy.context.active_object
+
+
+def reference(d) -> str:
+    px = np.zeros((48, 64, 3), np.uint8)
+    px[8:40, 16:48] = (200, 80, 40)
+    Image.fromarray(px).save(d / "ref.png")
+    return str(d / "ref.png")
+
+
+def pump(until, timeout: float) -> None:
+    """Play the drain timer (bounded) until `until()` holds."""
+    end = time.monotonic() + timeout
+    while not until() and time.monotonic() < end:
+        if bpy.app.timers.is_registered(session.drain):
+            session.drain()
+        time.sleep(0.02)
+    assert until(), "timed out"
+
+
+def test_test_connection_reports_latency_version_device_and_profile(env):
+    reset_scene()
+    assert bpy.ops.bsb.test_connection() == {"FINISHED"}
+    info = bpy.context.window_manager.bsb_job.engine_info
+    assert f"Remote engine at {env['engine'].address}" in info and "ms round trip" in info
+    assert "profile tiny" in info and "cpu" in info.lower() and "Engine 0." in info
+
+
+def test_lost_connection_mid_job_writes_nothing_reports_it_and_retry_works(env, monkeypatch):
+    monkeypatch.setattr(session, "_force_interactive", True)
+    reports: list[tuple[str, str]] = []
+    monkeypatch.setattr(feedback, "report", lambda level, msg: reports.append((level, msg)))
+    reset_scene()
+    obj = sphere()
+    img = bpy.data.images.load(reference(env["dir"]))
+    bpy.context.scene.bsb.image = img
+    click = bpy.context.scene.bsb.clicks.add()
+    click.u, click.v, click.positive = 0.5, 0.5, True
+    job = bpy.context.window_manager.bsb_job
+    assert bpy.ops.bsb.match() == {"FINISHED"} and session.busy()
+    pump(lambda: job.fraction > 0 or not session.busy(), 120)  # the preparation is under way
+    env["engine"].close()  # the engine's machine goes away mid-job
+    pump(lambda: not session.busy(), 60)
+    assert job.fix == "RETRY" and "Lost the connection to the remote engine" in job.error
+    assert ("ERROR", job.error) in reports  # the status bar
+    assert len(obj.vertex_groups) == 0 and len(bpy.context.scene.bsb.results) == 0  # the .blend is untouched
+
+    env["engine"] = RemoteEngine(env["dir"])  # back (on another port): the preferences follow it
+    session.preferences().remote_address = env["engine"].address
+    assert bpy.ops.bsb.retry() == {"FINISHED"}
+    pump(lambda: not session.busy(), 180)
+    assert job.error == "", job.error
+    assert len(bpy.context.scene.bsb.results) == 1
+    item = bpy.context.scene.bsb.results[0]
+    assert item.random_weights and (not item.found or item.name in obj.vertex_groups)
+
+
+def test_api_match_on_a_remote_engine_writes_the_vertex_group(env):
+    reset_scene()
+    session.release()
+    obj = sphere()
+    out = api.match(obj, reference(env["dir"]), [[32, 24]], group_name="Seat", address=env["engine"].address,
+                    token=TOKEN, min_confidence=0.0)
+    assert out["random_weights"] is True and out["label"].endswith(api.PLUMBING)
+    assert out["found"], out
+    assert "Seat" in obj.vertex_groups and out["n_selected"] > 0
+    group = obj.vertex_groups["Seat"].index
+    members = sum(any(g.group == group for g in v.groups) for v in obj.data.vertices)
+    assert members == out["n_selected"]
+    assert isinstance(session.current_client(), type(session.current_client())) and session.current_client().alive
