@@ -2,7 +2,8 @@
 
 - `remote_click_overhead_ms`: median round trip of one `match` (mesh and image prepared, the result carries
   a 50k-vertex mesh's arrays) through `serve --listen` minus the same through the local `serve` subprocess
-  (NDJSON + .npy files); both engines share one cache. Target <= 50 ms.
+  (NDJSON + .npy files); both engines run at once on one cache, their calls alternate. Target <= 50 ms.
+  `*_ping_ms`: a `status` round trip, the bare transport.
 - `remote_full_click_ms` / `local_full_click_ms`: the add-on's whole click (jobs.run_match: prepare, set_image,
   match, arrays loaded and checked). The remote client sends a mesh or image once per engine (it remembers
   what the engine has), the local client re-sends the paths and the engine re-reads them.
@@ -61,8 +62,8 @@ def timed(fn, n: int) -> list[float]:
     return out
 
 
-def clicks(client, mesh: jobs.MeshFiles, image: str, d: Path, n: int, tag: str) -> tuple[list[float], list[float]]:
-    """(match round trips, whole add-on clicks) in seconds."""
+def clicker(client, mesh: jobs.MeshFiles, image: str, d: Path, tag: str):
+    """(one match round trip, one whole add-on click, one status ping) as functions, mesh and image prepared."""
     ids = {"mesh": jobs.prepare(client, mesh)["mesh_id"], "image": jobs.set_image(client, image)["image_id"]}
     counter = iter(range(10**6))
 
@@ -76,8 +77,21 @@ def clicks(client, mesh: jobs.MeshFiles, image: str, d: Path, n: int, tag: str) 
     def full():
         jobs.run_match(client, mesh, image, str(d / f"{tag}-f{next(counter)}"), points=[[64.0, 64.0]], labels=[1])
 
+    def ping():
+        client.request("status")
+
     match()  # warm-up
-    return timed(match, n), timed(full, max(3, n // 3))
+    return match, full, ping
+
+
+def interleaved(local: dict, remote: dict, n: int) -> dict[str, list[float]]:
+    """Alternate local and remote calls so the machine's load hits both alike."""
+    out: dict[str, list[float]] = {}
+    for kind, count in (("match", n), ("full", max(3, n // 3)), ("ping", n)):
+        for _ in range(count):
+            for side, fns in (("local", local), ("remote", remote)):
+                out.setdefault(f"{side}_{kind}", []).extend(timed(fns[kind], 1))
+    return out
 
 
 def upload(engine: RemoteEngine, mesh: jobs.MeshFiles) -> tuple[float, float]:
@@ -153,31 +167,35 @@ def main() -> int:
     Image.fromarray(px).save(d / "ref.png")
     image = str(d / "ref.png")
 
-    local = EngineClient(EngineConfig(command=[sys.executable, "-m", "engine", "serve", "--profile", "tiny",
-                                               "--device", "cpu", "--models", str(d / "models"), "--cache",
-                                               str(d / "cache")], workdir=str(ROOT), start_timeout=300,
-                                      log_path=str(d / "local.log"), offline=True))
+    config = EngineConfig(command=[sys.executable, "-m", "engine", "serve", "--profile", "tiny", "--device", "cpu",
+                                   "--models", str(d / "models"), "--cache", str(d / "cache")],
+                          workdir=str(ROOT), start_timeout=300, log_path=str(d / "local.log"), offline=True)
     t0 = time.perf_counter()
+    first = EngineClient(config)  # prepares into the cache; both measured engines then load from it alike
+    first.start()
+    jobs.prepare(first, mesh)
+    first.shutdown()
+    local = EngineClient(config)
     local.start()
-    local_match, local_full = clicks(local, mesh, image, d, n_timed, "local")
-    local.shutdown()
-    prepare_s = time.perf_counter() - t0
-
     engine = RemoteEngine(d)
     try:
-        client = engine.client()
-        remote_match, remote_full = clicks(client, mesh, image, d, n_timed, "remote")
-        client.kill()
+        fns = [clicker(c, mesh, image, d, tag) for c, tag in ((local, "local"), (engine.client(), "remote"))]
+        setup_s = time.perf_counter() - t0
+        times = interleaved(*({"match": m, "full": f, "ping": p} for m, f, p in fns), n_timed)
+        local.shutdown()
         upload_s, upload_mb = upload(engine, big)
         errors, latencies, finished, conc_s = concurrent(engine, mesh, image, d, 8, n_conc)
     finally:
+        local.kill()
         engine.close()
 
     ms = lambda xs: 1000 * statistics.median(xs)  # noqa: E731
     result = {
-        "remote_click_overhead_ms": round(ms(remote_match) - ms(local_match), 1),
-        "remote_match_ms": round(ms(remote_match), 1), "local_match_ms": round(ms(local_match), 1),
-        "remote_full_click_ms": round(ms(remote_full), 1), "local_full_click_ms": round(ms(local_full), 1),
+        "remote_click_overhead_ms": round(ms(times["remote_match"]) - ms(times["local_match"]), 1),
+        "remote_match_ms": round(ms(times["remote_match"]), 1), "local_match_ms": round(ms(times["local_match"]), 1),
+        "remote_full_click_ms": round(ms(times["remote_full"]), 1),
+        "local_full_click_ms": round(ms(times["local_full"]), 1),
+        "remote_ping_ms": round(ms(times["remote_ping"]), 2), "local_ping_ms": round(ms(times["local_ping"]), 2),
         "remote_upload_1m_s": round(upload_s, 2), "remote_upload_1m_mb": round(upload_mb, 1),
         "remote_concurrent_errors": len(errors), "remote_concurrent_clicks": len(latencies),
         "remote_concurrent_p50_ms": round(ms(latencies), 1) if latencies else None,
@@ -185,7 +203,7 @@ def main() -> int:
         "remote_concurrent_s": round(conc_s, 1),
         "remote_concurrent_finish_spread_s": round(max(finished) - min(finished), 1) if finished else None,
         "n_vertices_click": mesh.n_vertices, "n_vertices_upload": big.n_vertices, "profile": "tiny",
-        "quick": args.quick, "setup_s": round(prepare_s, 1), "load": round(os.getloadavg()[0], 2),
+        "quick": args.quick, "setup_s": round(setup_s, 1), "load": round(os.getloadavg()[0], 2),
     }
     for line in errors[:5]:
         print("error:", line)

@@ -146,8 +146,8 @@ class RemoteServer:
             heartbeat = asyncio.create_task(self._heartbeat(conn))
             while not self.stop.is_set():
                 try:
-                    message, blobs = await asyncio.wait_for(
-                        read_frame(reader, frames.MAX_JSON_BYTES, self.limits.max_request), IDLE_TIMEOUT_S)
+                    message, blobs = await read_frame(reader, frames.MAX_JSON_BYTES, self.limits.max_request,
+                                                      IDLE_TIMEOUT_S)
                 except frames.FrameError as exc:
                     conn.send(protocol.error(exc.request_id, exc.code, str(exc)))
                     if exc.fatal:
@@ -172,7 +172,8 @@ class RemoteServer:
     async def _authenticate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Connection | None:
         """The first frame must carry the token; nothing else is read, queued or answered before it."""
         try:
-            message, _ = await asyncio.wait_for(read_frame(reader, frames.AUTH_JSON_BYTES, 0), AUTH_TIMEOUT_S)
+            message, _ = await asyncio.wait_for(read_frame(reader, frames.AUTH_JSON_BYTES, 0, AUTH_TIMEOUT_S),
+                                                AUTH_TIMEOUT_S)
         except (frames.FrameError, asyncio.TimeoutError):
             message = {}
         if message.get("type") != "auth" or not auth.token_matches(message.get("token"), self.token):
@@ -269,19 +270,32 @@ class RemoteServer:
             conn.send(protocol.result(rid, {"state": "done", "message": message}), blobs)
 
 
-async def read_frame(reader: asyncio.StreamReader, max_json: int, max_blobs: int) -> tuple[dict[str, Any], list[bytes]]:
+async def _read(reader: asyncio.StreamReader, n: int, idle: float) -> bytes:
+    """`n` bytes; asyncio.TimeoutError only when no byte came for `idle` s (a slow upload that moves is fine)."""
+    parts, left = [], n
+    while left:
+        chunk = await asyncio.wait_for(reader.read(min(left, 1 << 20)), idle)
+        if not chunk:
+            raise asyncio.IncompleteReadError(b"".join(parts), n)
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+async def read_frame(reader: asyncio.StreamReader, max_json: int, max_blobs: int,
+                     idle: float) -> tuple[dict[str, Any], list[bytes]]:
     """One frame, its lengths checked before reading; FrameError names the problem (fatal: the stream
     cannot be trusted after it, the connection ends)."""
-    json_len, blob_len = frames.HEADER.unpack(await reader.readexactly(frames.HEADER.size))
+    json_len, blob_len = frames.HEADER.unpack(await _read(reader, frames.HEADER.size, idle))
     if json_len == 0 or json_len > max_json:
         raise frames.FrameError(f"frame JSON of {json_len} bytes is outside 1..{max_json}; see docs/protocol.md "
                                 "(Remote engine) for the framing", "too_large")
-    body = await reader.readexactly(json_len)
+    body = await _read(reader, json_len, idle)
     if blob_len > max_blobs:
         raise frames.FrameError(f"request of {blob_len / 2**20:.1f} MiB is over this engine's limit of "
                                 f"{max_blobs / 2**20:.0f} MiB (engine option --max-request); send a smaller mesh "
                                 "or image", "too_large", request_id=protocol.recover_id(body))
-    data = await reader.readexactly(blob_len)
+    data = await _read(reader, blob_len, idle)
     try:
         message = protocol.decode_json(body)
     except ProtocolError as exc:
