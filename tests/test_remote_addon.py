@@ -31,7 +31,7 @@ def env(tmp_path_factory):
     yield holder
     session.release()
     holder["engine"].close()
-    prefs.engine_mode = "LOCAL"
+    session.preferences().engine_mode = "LOCAL"  # fetched again: a file was loaded since
     addon_utils.disable("bsb_addon", default_set=True)
 
 
@@ -118,3 +118,33 @@ def test_api_match_on_a_remote_engine_writes_the_vertex_group(env):
     members = sum(any(g.group == group for g in v.groups) for v in obj.data.vertices)
     assert members == out["n_selected"]
     assert isinstance(session.current_client(), type(session.current_client())) and session.current_client().alive
+
+
+def test_headless_example_runs_on_a_remote_engine(env, tmp_path, monkeypatch, capsys):
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("headless_match", Path(__file__).parents[1] / "examples" /
+                                                  "headless_match.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    reset_scene()
+    sphere()  # the same mesh as above: the engine has it in its cache
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "in.blend"))
+    base = ["--mesh", str(tmp_path / "in.blend"), "--image", reference(env["dir"]), "--point", "32", "24",
+            "--group", "Seat", "--remote", env["engine"].address]
+    monkeypatch.delenv("BSB_REMOTE_TOKEN", raising=False)
+    monkeypatch.setattr(sys, "argv", ["headless_match.py", "--", *base])
+    assert script.main() == script.EXIT_ERROR  # no token: refused before any engine work
+    assert "needs the engine's token" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
+
+    monkeypatch.setenv("BSB_REMOTE_TOKEN", TOKEN)
+    monkeypatch.setattr(sys, "argv", ["headless_match.py", "--", *base, "--out", str(tmp_path / "out.blend")])
+    code = script.main()
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == script.EXIT_FOUND and summary["ok"] and summary["group"] == "Seat", summary
+    assert summary["random_weights"] is True
+    bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "out.blend"))
+    assert "Seat" in bpy.data.objects["Sphere"].vertex_groups
