@@ -67,11 +67,7 @@ class BSB_OT_test_connection(bpy.types.Operator):
     bl_label = "Test Connection"
 
     def execute(self, context):
-        try:
-            config = session.engine_config()
-        except EngineError as exc:
-            self.report({"ERROR"}, exc.message)
-            return {"CANCELLED"}
+        config = session.engine_config()
         where = f"Remote engine at {config.address}" if config.remote else "Local engine"
         op = self
 

@@ -42,16 +42,6 @@ def encode(message: dict[str, Any], blobs: list[bytes] | None = None) -> bytes:
     return HEADER.pack(len(data), sum(len(b) for b in blobs)) + data + b"".join(blobs)
 
 
-def check_header(header: bytes, max_json: int, max_blobs: int) -> tuple[int, int]:
-    json_len, blob_len = HEADER.unpack(header)
-    if json_len == 0 or json_len > max_json:
-        raise FrameError(f"frame JSON of {json_len} bytes is outside 1..{max_json}", "too_large")
-    if blob_len > max_blobs:
-        raise FrameError(f"request of {blob_len / 2**20:.1f} MiB of data is over this engine's limit of "
-                         f"{max_blobs / 2**20:.0f} MiB (engine option --max-request)", "too_large")
-    return json_len, blob_len
-
-
 def split_blobs(message: dict[str, Any], data: bytes) -> list[bytes]:
     """The frame's blobs, by the sizes its JSON lists; the sizes must account for every byte."""
     sizes = message.pop("blobs", [])
