@@ -37,6 +37,7 @@ MAX_JSON_BYTES = 1 << 20
 MAX_INFLATED = 1 << 30
 HEARTBEAT_S = 5.0
 IDLE_TIMEOUT_S = 20.0  # the engine sends a heartbeat every 5 s: four missed ones mean the link is gone
+RECONNECT_EVERY_S = 60.0  # at most one reconnect per minute: a link that keeps dropping fails the job
 RESULT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}\.npy")
 
 
@@ -84,6 +85,7 @@ class RemoteClient:
         self._closing = False
         self._reason = ""
         self._last_sent = 0.0
+        self._last_reconnect = -RECONNECT_EVERY_S
 
     # -- lifetime -------------------------------------------------------------------------------
     @property
@@ -359,7 +361,8 @@ class RemoteClient:
         except OSError:
             pass
         jobs = {rid: p for rid, p in waiting.items() if p.kind not in ("status", "cancel")}
-        if jobs and not self._closing:
+        if jobs and not self._closing and time.monotonic() - self._last_reconnect > RECONNECT_EVERY_S:
+            self._last_reconnect = time.monotonic()
             try:
                 self._connect()
                 for rid, pending in waiting.items():

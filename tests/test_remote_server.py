@@ -460,3 +460,33 @@ def test_tls_with_a_self_signed_certificate(tmp_path):
             rc.RemoteClient(EngineConfig(address=address, token=TOKEN, connect_timeout=2)).start()
     finally:
         h.close()
+
+
+def test_remote_client_detects_a_silent_engine_and_stops_reconnecting(monkeypatch):
+    """An engine that completes the handshake, then never sends again (no heartbeats): the job fails
+    after one reconnect instead of waiting for the request timeout."""
+    monkeypatch.setattr(rc, "IDLE_TIMEOUT_S", 0.5)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    held = []
+
+    def accept():
+        for _ in range(3):  # bounded
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            held.append(conn)
+            conn.sendall(frames.encode({**HELLO, "remote": {"instance": "x", "max_request": 1 << 20}}))
+
+    threading.Thread(target=accept, daemon=True).start()
+    client = rc.RemoteClient(EngineConfig(address=f"127.0.0.1:{listener.getsockname()[1]}", token=TOKEN))
+    client.start()
+    start = time.monotonic()
+    with pytest.raises(ConnectionLost) as err:
+        client.request("refine", mesh_id="m", clicks=[[0, True]], job_dir="/tmp/unused", timeout=30)
+    assert "no heartbeat" in err.value.message and time.monotonic() - start < 10
+    assert len(held) == 2  # the first connection and one reconnect
+    listener.close()
+    for conn in held:
+        conn.close()
