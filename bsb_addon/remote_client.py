@@ -57,6 +57,12 @@ def encode(message: dict, blobs: list[bytes] | None = None) -> bytes:
     return HEADER.pack(len(data), sum(len(b) for b in blobs)) + data + b"".join(blobs)
 
 
+def compress(raw: bytes) -> bytes:
+    """zlib level 1, or level 0 (a stored zlib stream) when the first 64 KiB barely shrink (float arrays)."""
+    probe = raw[:1 << 16]
+    return zlib.compress(raw, 1 if len(zlib.compress(probe, 1)) < 0.9 * len(probe) else 0)
+
+
 def inflate(blob: bytes, limit: int = MAX_INFLATED) -> bytes:
     inflater = zlib.decompressobj()
     raw = inflater.decompress(blob, limit)
@@ -191,7 +197,7 @@ class RemoteClient:
         if key is not None and key in self._memo:  # this engine already has that mesh or image
             pending.queue.put({"type": "result", "id": request_id, "data": dict(self._memo[key])})
             return pending
-        blobs = [zlib.compress(raw, 1) for raw in raws]
+        blobs = [compress(raw) for raw in raws]
         limit = int((self.hello.get("remote") or {}).get("max_request", 0))
         size = sum(len(b) for b in blobs)
         if limit and size > limit:

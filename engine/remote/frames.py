@@ -19,7 +19,8 @@ from typing import Any
 HEADER = struct.Struct(">II")
 MAX_JSON_BYTES = 1 << 20  # the NDJSON protocol's line limit: the JSON part never needs more
 AUTH_JSON_BYTES = 4096  # the first frame of a connection (auth) is small and carries no blobs
-ZLIB_LEVEL = 1  # float vertex data barely compresses; level 1 keeps a 1M-vertex upload fast
+ZLIB_LEVEL = 1  # masks and faces shrink a lot at level 1 already; higher levels cost more than they save
+PROBE_BYTES = 1 << 16
 
 
 class FrameError(Exception):
@@ -57,7 +58,11 @@ def split_blobs(message: dict[str, Any], data: bytes) -> list[bytes]:
 
 
 def compress(raw: bytes) -> bytes:
-    return zlib.compress(raw, ZLIB_LEVEL)
+    """zlib at level 1, or level 0 (stored, still a zlib stream) when a probe of the first 64 KiB shrinks
+    by less than 10 %: float arrays (weights, vertices) barely compress and would cost ~50 ms per MB."""
+    probe = raw[:PROBE_BYTES]
+    level = ZLIB_LEVEL if len(zlib.compress(probe, ZLIB_LEVEL)) < 0.9 * len(probe) else 0
+    return zlib.compress(raw, level)
 
 
 def inflate(blob: bytes, limit: int, what: str) -> bytes:
