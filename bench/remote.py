@@ -39,8 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from bsb_addon import jobs  # noqa: E402
 from bsb_addon.engine_client import EngineClient, EngineConfig  # noqa: E402
-from bsb_addon.remote_client import RemoteClient  # noqa: E402
-from tests.remote_engine import TOKEN, RemoteEngine  # noqa: E402
+from tests.remote_engine import RemoteEngine  # noqa: E402
 
 
 def grid(side: int, d: Path, name: str) -> jobs.MeshFiles:

@@ -17,7 +17,6 @@ import hashlib
 import ipaddress
 import itertools
 import json
-import queue
 import re
 import select
 import socket

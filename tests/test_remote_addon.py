@@ -1,6 +1,7 @@
 """The bpy-wheel add-on drives a real loopback remote engine (tiny profile: random weights, plumbing only):
-Test Connection, a lost connection mid-job (nothing written, the error in the status bar, Retry offered
-and working), and api.match(address=, token=) writing the vertex group."""
+Test Connection, api.match(address=, token=) and the headless example writing the vertex group; and, on an
+in-process engine that can be held mid-job, a lost connection (nothing written, the error in the status
+bar, Retry offered and working)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ bpy = pytest.importorskip("bpy")
 import addon_utils  # noqa: E402
 
 from bsb_addon import api, feedback, session  # noqa: E402
-from tests.remote_engine import TOKEN, RemoteEngine  # noqa: E402
+from tests.remote_engine import FAKE_TOKEN, TOKEN, Harness, RemoteEngine  # noqa: E402
 
 pytestmark = pytest.mark.blender
 
@@ -76,33 +77,43 @@ def test_test_connection_reports_latency_version_device_and_profile(env):
     assert "profile tiny" in info and "cpu" in info.lower() and "Engine 0." in info
 
 
-def test_lost_connection_mid_job_writes_nothing_reports_it_and_retry_works(env, monkeypatch):
+def test_lost_connection_mid_job_writes_nothing_reports_it_and_retry_works(env, monkeypatch, tmp_path):
+    """In-process engine (trivial handlers, held mid-prepare by a gate) so the drop lands mid-job for sure."""
     monkeypatch.setattr(session, "_force_interactive", True)
     reports: list[tuple[str, str]] = []
     monkeypatch.setattr(feedback, "report", lambda level, msg: reports.append((level, msg)))
+    prefs = session.preferences()
+    harness = Harness(tmp_path / "jobs")
+    prefs.remote_address, prefs.remote_token = f"127.0.0.1:{harness.port}", FAKE_TOKEN
     reset_scene()
-    obj = sphere()
-    img = bpy.data.images.load(reference(env["dir"]))
-    bpy.context.scene.bsb.image = img
+    session.release()
+    bpy.ops.mesh.primitive_uv_sphere_add(segments=8, ring_count=7)  # 50 vertices: the trivial match's size
+    obj = bpy.context.active_object
+    bpy.context.scene.bsb.image = bpy.data.images.load(reference(tmp_path))
     click = bpy.context.scene.bsb.clicks.add()
     click.u, click.v, click.positive = 0.5, 0.5, True
     job = bpy.context.window_manager.bsb_job
+    harness.backend.gate.clear()  # the preparation waits on its first step
     assert bpy.ops.bsb.match() == {"FINISHED"} and session.busy()
-    pump(lambda: job.fraction > 0 or not session.busy(), 120)  # the preparation is under way
-    env["engine"].close()  # the engine's machine goes away mid-job
+    pump(lambda: harness.server.running is not None, 30)
+    harness.close()  # the engine's machine goes away mid-job; the reconnect finds nobody
     pump(lambda: not session.busy(), 60)
     assert job.fix == "RETRY" and "Lost the connection to the remote engine" in job.error
     assert ("ERROR", job.error) in reports  # the status bar
     assert len(obj.vertex_groups) == 0 and len(bpy.context.scene.bsb.results) == 0  # the .blend is untouched
 
-    env["engine"] = RemoteEngine(env["dir"])  # back (on another port): the preferences follow it
-    session.preferences().remote_address = env["engine"].address
-    assert bpy.ops.bsb.retry() == {"FINISHED"}
-    pump(lambda: not session.busy(), 180)
-    assert job.error == "", job.error
-    assert len(bpy.context.scene.bsb.results) == 1
-    item = bpy.context.scene.bsb.results[0]
-    assert item.random_weights and (not item.found or item.name in obj.vertex_groups)
+    harness = Harness(tmp_path / "jobs2")  # back (on another port): the preferences follow it
+    try:
+        prefs.remote_address = f"127.0.0.1:{harness.port}"
+        assert bpy.ops.bsb.retry() == {"FINISHED"}
+        pump(lambda: not session.busy(), 60)
+        assert job.error == "", job.error
+        assert "Part 1" in obj.vertex_groups and len(bpy.context.scene.bsb.results) == 1
+        assert [c[0] for c in harness.backend.calls] == ["prepare", "set_image", "match"]
+    finally:
+        session.release()
+        harness.close()
+        prefs.remote_address, prefs.remote_token = env["engine"].address, TOKEN
 
 
 def test_api_match_on_a_remote_engine_writes_the_vertex_group(env):
