@@ -157,6 +157,8 @@ class RemoteServer:
                 self._dispatch(conn, message, blobs)
         except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError, ssl.SSLError, OSError):
             pass  # the client went away or fell silent: its jobs go on, their results are kept
+        except asyncio.CancelledError:
+            pass  # the engine is stopping: close this connection quietly
         except Exception:  # a bug: this connection ends, the server does not
             _log("connection failed:\n" + traceback.format_exc())
         finally:
