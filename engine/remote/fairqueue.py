@@ -18,6 +18,8 @@ class FairQueue:
         self.cond = threading.Condition()
         self.max_per_client = max_per_client
         self._queues: collections.OrderedDict[str, collections.deque[Job]] = collections.OrderedDict()
+        self.current: Job | None = None  # taken and not finished: set in the same step as the take, so a
+        # job is always either queued or current until finish() (a `fetch` never finds it in between)
 
     def put(self, client: str, job: Job) -> None:
         with self.cond:
@@ -40,7 +42,13 @@ class FairQueue:
                 self._queues.move_to_end(client)
             else:
                 del self._queues[client]
+            self.current = job
             return client, job
+
+    def finish(self) -> None:
+        """The current job's result is stored: it is no longer the queue's business."""
+        with self.cond:
+            self.current = None
 
     def remove(self, client: str, job_id: str) -> Job | None:
         with self.cond:

@@ -95,10 +95,12 @@ class RemoteServer:
         self.instance = secrets.token_hex(8)  # tells a client whether it reconnected to the same process
         self.queue = FairQueue(self.limits.per_client_queue)
         self.connections: dict[str, Connection] = {}
-        self.running: jobs.RemoteJob | None = None
         self.open_connections = 0
         self.stop = threading.Event()
-        self._lock = threading.Lock()
+
+    @property
+    def running(self) -> jobs.RemoteJob | None:
+        return self.queue.current  # type: ignore[return-value]  # the queue only ever holds RemoteJobs
 
     # -- the worker thread ------------------------------------------------------------------------
     def work(self) -> None:
@@ -108,8 +110,6 @@ class RemoteServer:
                 self._run(item[1])
 
     def _run(self, job: jobs.RemoteJob) -> None:
-        with self._lock:
-            self.running = job
         handler = self.handlers[job.request["type"]]
 
         def with_inputs(request: dict[str, Any], progress: Callable, cancel: Callable) -> dict[str, Any]:
@@ -124,8 +124,7 @@ class RemoteServer:
         except Exception as exc:  # storing the result failed (disk full?): still answer, keep serving
             _log(f"storing the result of {job.id} failed:\n{traceback.format_exc()}")
             message, blobs = protocol.error(job.id, "internal", f"cannot keep the result: {exc}"), []
-        with self._lock:
-            self.running = None
+        self.queue.finish()
         conn = self.connections.get(job.client)
         if conn is not None:
             conn.send(message, blobs)
@@ -215,10 +214,10 @@ class RemoteServer:
                                      "every request needs an 'id' of 1-80 letters, digits, '.', '_' or '-'"))
             return
         client = conn.client
-        with self._lock:
-            running = self.running if self.running is not None and self.running.client == client else None
+        current = self.running
+        running = current if current is not None and current.client == client else None
         if kind == "status":
-            data = {"busy": self.running is not None, "job": running.id if running else None,
+            data = {"busy": current is not None, "job": running.id if running else None,
                     "queue": len(self.queue), "your_queue": self.queue.waiting(client),
                     "clients": len(self.connections), "instance": self.instance}
             data.update(self.status())
@@ -393,8 +392,7 @@ def run(server: RemoteServer, listen: str, context: ssl.SSLContext | None) -> in
     except KeyboardInterrupt:
         pass
     server.stop.set()
-    with server._lock:
-        if server.running is not None:
-            server.running.cancel.set()
+    if (current := server.running) is not None:
+        current.cancel.set()
     worker.join(timeout=30)
     return 0
