@@ -6,6 +6,7 @@ written before a complete, validated result, so errors, crashes and cancels leav
 
     from bsb_addon import api   # or: from bl_ext.user_default.bsb_for_blender import api
     api.match(bpy.data.objects["Chair"], "/refs/chair.png", [[412, 300]], group_name="Seat")
+    api.match(obj, "/refs/chair.png", [[412, 300]], address="gpu-box:8765", token=os.environ["BSB_REMOTE_TOKEN"])
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 
 from . import jobs, meshio, meshmath, pixels, session
 from .engine_client import CancelFn, EngineClient, ProgressFn
+from .remote_client import RemoteClient
 from .errors import InputError
 
 PLUMBING = "plumbing check (random weights)"
@@ -134,8 +136,19 @@ def record(scene, object_name: str, group_name: str, result: jobs.PartResult, re
     overlay.show_result(object_name, result.mask if result.found else None, result.part_mask)
 
 
-def _client(client: EngineClient | None) -> EngineClient:
+def _client(client: EngineClient | RemoteClient | None) -> EngineClient | RemoteClient:
     return client if client is not None else session.get_client()
+
+
+def remote_engine(address: str, token: str, tls: bool = False, cafile: str = "") -> RemoteClient:
+    """Connect to a remote engine (`python -m engine serve --listen`) and make it this session's engine,
+    so later calls (and the UI) use it too. Raises EngineError naming what to check if it cannot."""
+    config = session.engine_config()
+    config.remote, config.address, config.token, config.tls, config.cafile = True, address, token, tls, cafile
+    client = RemoteClient(config)
+    client.start()
+    session.use_client(client)
+    return client
 
 
 def match(
@@ -150,15 +163,20 @@ def match(
     material=None,
     color_from_image: bool = True,
     min_confidence: float | None = None,
-    client: EngineClient | None = None,
+    client: EngineClient | RemoteClient | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
+    address: str = "",
+    token: str = "",
 ) -> dict:
     """Match image clicks (original-image pixels, top-left origin; labels 1/0) to a part of `obj`.
 
-    `image` is a bpy Image or a file path. `material` is None, "NEW" or a bpy Material. Returns a summary
-    dict (`found`, `n_selected`, `confidence`, `label`, ...). Raises EngineError subclasses on failure.
+    `image` is a bpy Image or a file path. `material` is None, "NEW" or a bpy Material. `address` (HOST:PORT)
+    and `token` use a remote engine (see remote_engine). Returns a summary dict (`found`, `n_selected`,
+    `confidence`, `label`, ...). Raises EngineError subclasses on failure; the .blend is then unchanged.
     """
+    if address:
+        client = remote_engine(address, token)
     req = begin(obj, image)
     req.clicks = [[float(x), float(y), int(lab)] for (x, y), lab in zip(pixels or [], labels or [1] * len(pixels or []))]
     result = jobs.run_match(

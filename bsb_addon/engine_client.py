@@ -50,6 +50,10 @@ class EngineCrashed(EngineError):
         super().__init__(message, "crashed")
 
 
+class ConnectionLost(EngineCrashed):
+    """The connection to a remote engine dropped; the engine (and a retry) may well be fine."""
+
+
 class EngineCancelled(EngineError):
     def __init__(self, message: str = "cancelled by the user") -> None:
         super().__init__(message, "cancelled")
@@ -81,6 +85,15 @@ class EngineConfig:
     idle_check: float = 20.0
     status_timeout: float = 15.0
     offline: bool = True
+    # A remote engine (bsb_addon/remote_client.py) instead of the subprocess when `remote` is set.
+    remote: bool = False
+    address: str = ""
+    token: str = ""
+    tls: bool = False
+    cafile: str = ""
+    connect_timeout: float = 10.0
+    send_timeout: float = 120.0
+    online: bool = True  # Blender's "Allow Online Access": off, only a loopback remote engine is used
 
 
 def build_command(config: EngineConfig) -> list[str]:
@@ -198,7 +211,7 @@ class Pending:
                     continue
                 last_heard = time.monotonic()
                 if msg is _CRASH:
-                    raise EngineCrashed(self.client.crash_message())
+                    raise self.client.crash_error()
                 kind = msg.get("type")
                 if kind == "progress" and progress is not None:
                     progress(float(msg.get("fraction", 0.0)), str(msg.get("message", "")))
@@ -401,6 +414,9 @@ class EngineClient:
 
     def log_hint(self) -> str:
         return f" Log: {self.config.log_path}." if self.config.log_path else ""
+
+    def crash_error(self) -> EngineError:
+        return EngineCrashed(self.crash_message())
 
     def crash_message(self) -> str:
         code = self.proc.poll() if self.proc is not None else None

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import bpy
 
-from .engine_client import EngineCancelled, EngineCrashed, EngineError, EngineMissing, ProtocolMismatch
+from .engine_client import (ConnectionLost, EngineCancelled, EngineCrashed, EngineError, EngineMissing,
+                            ProtocolMismatch)
 
 
 def fix_for(error: Exception) -> str:
     """Which fix-it button the panel shows next to this error."""
+    if isinstance(error, ConnectionLost):
+        return "RETRY"
     if isinstance(error, EngineCrashed) or getattr(error, "code", "") == "timeout":
         return "RESTART"
     if isinstance(error, EngineMissing) or getattr(error, "code", "") == "models_missing":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import statistics
 import sys
+import time
 
 import bpy
 
@@ -13,6 +15,8 @@ from .engine_client import EngineError
 def launch(op, kind: str, work, done) -> set[str]:
     """Start a job; report at once what fails at once (and, headless, what failed during the job)."""
     feedback.clear_error()
+    if kind in RETRYABLE:
+        bpy.context.window_manager.bsb_job.retry = type(op).__name__.partition("_OT_")[2]  # BSB_OT_match -> match
     try:
         session.run_job(kind, work, done)
     except EngineError as exc:
@@ -24,6 +28,10 @@ def launch(op, kind: str, work, done) -> set[str]:
         op.report({"ERROR"}, error)
         return {"CANCELLED"}
     return {"FINISHED"}
+
+
+RETRYABLE = ("prepare", "match", "refine", "shape_to_image", "match_all")
+PINGS = 5
 
 
 def _engine_info(hello: dict) -> str:
@@ -49,6 +57,52 @@ class BSB_OT_test_engine(bpy.types.Operator):
                 context.window_manager.bsb_job.engine_info = _engine_info(hello)
 
         return launch(self, "test", work, done)
+
+
+class BSB_OT_test_connection(bpy.types.Operator):
+    """Connect to the engine chosen in the preferences (Local or Remote) and report latency, version, device
+    and profile"""
+
+    bl_idname = "bsb.test_connection"
+    bl_label = "Test Connection"
+
+    def execute(self, context):
+        config = session.engine_config()
+        where = f"Remote engine at {config.address}" if config.remote else "Local engine"
+        op = self
+
+        def work(progress, cancel):
+            session.release()  # test what the preferences say now, not an engine started before
+            client = session.get_client(config, progress)
+            times = []
+            for _ in range(PINGS):
+                start = time.monotonic()
+                client.request("status", timeout=config.status_timeout)
+                times.append(time.monotonic() - start)
+            return client.hello, 1000 * statistics.median(times)
+
+        def done(result, error):
+            if error is None:
+                hello, latency_ms = result
+                info = f"{where}: {latency_ms:.1f} ms round trip. " + _engine_info(hello)
+                context.window_manager.bsb_job.engine_info = info
+                feedback.report("INFO", info)
+
+        return launch(op, "test", work, done)
+
+
+class BSB_OT_retry(bpy.types.Operator):
+    """Reconnect to the engine and run the last action again (nothing was written by the failed one)"""
+
+    bl_idname = "bsb.retry"
+    bl_label = "Retry"
+
+    def execute(self, context):
+        name = context.window_manager.bsb_job.retry
+        session.release()
+        if not name:
+            return bpy.ops.bsb.test_connection()
+        return getattr(bpy.ops.bsb, name)()
 
 
 class BSB_OT_restart_engine(bpy.types.Operator):
@@ -182,5 +236,5 @@ class BSB_OT_open_prefs(bpy.types.Operator):
         return {"FINISHED"}
 
 
-classes = (BSB_OT_report, BSB_OT_test_engine, BSB_OT_restart_engine, BSB_OT_release_engine, BSB_OT_cancel_job,
+classes = (BSB_OT_report, BSB_OT_test_engine, BSB_OT_test_connection, BSB_OT_retry, BSB_OT_restart_engine, BSB_OT_release_engine, BSB_OT_cancel_job,
            BSB_OT_setup_engine, BSB_OT_open_log, BSB_OT_open_prefs)

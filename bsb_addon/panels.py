@@ -7,7 +7,7 @@ import bpy
 from . import api, feedback, session
 
 FIX_BUTTONS = {"RESTART": ("bsb.restart_engine", "FILE_REFRESH"), "PREFS": ("bsb.open_prefs", "PREFERENCES"),
-               "SETUP": ("bsb.setup_engine", "IMPORT")}
+               "SETUP": ("bsb.setup_engine", "IMPORT"), "RETRY": ("bsb.retry", "FILE_REFRESH")}
 
 
 class BSB_UL_results(bpy.types.UIList):

@@ -1,4 +1,4 @@
-"""Add-on preferences: where the engine's Python is, models, device and profile."""
+"""Add-on preferences: a Local engine (its Python, models, device, profile) or a Remote one (address, token)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,19 @@ class BSB_AddonPreferences(bpy.types.AddonPreferences):
         ("CPU", "CPU", "Smaller models and fewer views, for machines without a GPU"),
         ("GPU", "GPU", "Full-size models, for a CUDA or Apple GPU"),
         ("TINY", "Plumbing check", "Random weights: tests the set-up only, results are meaningless")])
+    engine_mode: EnumProperty(name="Engine", default="LOCAL", items=[
+        ("LOCAL", "Local", "Run the engine on this computer, as a child process of Blender"),
+        ("REMOTE", "Remote", "Use an engine on another machine (python -m engine serve --listen HOST:PORT)")])
+    remote_address: StringProperty(name="Address", default="127.0.0.1:8765",
+                                   description="HOST:PORT of the remote engine (its --listen)")
+    remote_token: StringProperty(name="Token", subtype="PASSWORD",
+                                 description="The token the remote engine printed at its first start "
+                                             "(kept in its config folder, file remote-token)")
+    remote_tls: BoolProperty(name="TLS", default=False,
+                             description="Encrypt the connection (the engine runs with --cert and --key)")
+    remote_cafile: StringProperty(name="Certificate", subtype="FILE_PATH",
+                                  description="The engine's certificate (PEM) when it is self-signed; empty uses "
+                                              "the system's certificate authorities")
     keep_engine_alive: BoolProperty(name="Keep engine alive", default=True,
                                     description="Keep models loaded between actions (faster, uses memory)")
 
@@ -38,19 +51,31 @@ class BSB_AddonPreferences(bpy.types.AddonPreferences):
         layout = self.layout
         layout.use_property_split = True
         layout.use_property_decorate = False
+        layout.row().prop(self, "engine_mode", expand=True)
         col = layout.column()
-        col.prop(self, "engine_python")
-        col.prop(self, "models_dir")
-        col.prop(self, "device")
-        col.prop(self, "profile")
+        remote = self.engine_mode == "REMOTE"
+        if remote:
+            col.prop(self, "remote_address")
+            col.prop(self, "remote_token")
+            col.prop(self, "remote_tls")
+            if self.remote_tls:
+                col.prop(self, "remote_cafile")
+        else:
+            col.prop(self, "engine_python")
+            col.prop(self, "models_dir")
+            col.prop(self, "device")
+            col.prop(self, "profile")
         col.prop(self, "keep_engine_alive")
-        col.prop(self, "base_python")
+        if not remote:
+            col.prop(self, "base_python")
         job = context.window_manager.bsb_job
         row = layout.row(align=True)
-        row.operator("bsb.setup_engine", icon="IMPORT")
-        row.operator("bsb.test_engine", icon="PLAY")
+        if not remote:
+            row.operator("bsb.setup_engine", icon="IMPORT")
+        row.operator("bsb.test_connection", icon="PLUGIN")
         row.operator("bsb.release_engine", icon="X")
-        row.operator("bsb.open_log", icon="TEXT")
+        if not remote:
+            row.operator("bsb.open_log", icon="TEXT")
         if job.busy and job.kind == "setup":
             row = layout.row(align=True)
             row.progress(text=job.message, factor=job.fraction)
@@ -61,7 +86,8 @@ class BSB_AddonPreferences(bpy.types.AddonPreferences):
             box = layout.box()
             for line in feedback.wrap(job.error, 90, 8):
                 box.label(text=line)
-        draw_models(layout.box())
+        if not remote:  # a remote engine has its own models, on its own machine
+            draw_models(layout.box())
 
 
 def draw_models(layout) -> None:

@@ -71,7 +71,9 @@ class BSB_PG_job(bpy.types.PropertyGroup):
     message: StringProperty()
     error: StringProperty()
     fix: EnumProperty(items=[("NONE", "None", ""), ("RESTART", "Restart engine", ""),
-                             ("PREFS", "Open preferences", ""), ("SETUP", "Set up engine", "")])
+                             ("PREFS", "Open preferences", ""), ("SETUP", "Set up engine", ""),
+                             ("RETRY", "Retry", "")])
+    retry: StringProperty(description="The operator of the last engine action, run again by Retry")
     engine_info: StringProperty()
     prepared: StringProperty(description="Name of the object last prepared")
 

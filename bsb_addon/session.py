@@ -17,10 +17,12 @@ import bpy
 
 from . import paths
 from .engine_client import EngineCancelled, EngineClient, EngineConfig, EngineError, ProgressFn
+from .remote_client import RemoteClient
 
 ADDON = __package__
 
-_client: EngineClient | None = None
+_client: EngineClient | RemoteClient | None = None
+_adopted = False  # set by use_client: kept whatever the preferences say
 _events: queue.Queue = queue.Queue()
 _job: dict = {}
 
@@ -56,7 +58,16 @@ def engine_config() -> EngineConfig:
         cfg.device = prefs.device.lower()
         cfg.profile = prefs.profile.lower()
         cfg.cache = str(user_dir("cache"))
+        if prefs.engine_mode == "REMOTE":
+            cfg.remote, cfg.address, cfg.token = True, prefs.remote_address.strip(), prefs.remote_token.strip()
+            cfg.tls, cfg.cafile = prefs.remote_tls, bpy.path.abspath(prefs.remote_cafile) if prefs.remote_cafile else ""
+            cfg.online = bool(bpy.app.online_access)
     return cfg
+
+
+def _target(config: EngineConfig) -> tuple:
+    """What identifies an engine: a change in the preferences means another one."""
+    return (config.remote, config.address, config.token, config.tls, config.cafile)
 
 
 def models_folder() -> Path:
@@ -66,42 +77,45 @@ def models_folder() -> Path:
 
 
 # -- the engine process ----------------------------------------------------------------------------
-def get_client(config: EngineConfig | None = None, progress: ProgressFn | None = None) -> EngineClient:
+def get_client(config: EngineConfig | None = None,
+               progress: ProgressFn | None = None) -> EngineClient | RemoteClient:
     """The running engine, started (or restarted after a crash) on demand.
 
     Off the main thread pass `config` (made on the main thread by `engine_config()`): it reads bpy.
     """
-    global _client
-    if _client is not None and _client.alive:
+    global _client, _adopted
+    config = config if config is not None else engine_config()
+    if _client is not None and _client.alive and (_adopted or _target(_client.config) == _target(config)):
         return _client
-    if _client is not None:
-        _client.kill()
+    if _client is not None:  # gone, or the preferences now name another engine
+        _client.shutdown()
     if progress is not None:
-        progress(0.0, "starting the engine (loading torch and the models)")
-    client = EngineClient(config if config is not None else engine_config())
+        progress(0.0, f"connecting to the remote engine at {config.address}" if config.remote
+                 else "starting the engine (loading torch and the models)")
+    client = RemoteClient(config) if config.remote else EngineClient(config)
     client.start()
-    _client = client
+    _client, _adopted = client, False
     return client
 
 
-def current_client() -> EngineClient | None:
+def current_client() -> EngineClient | RemoteClient | None:
     return _client if _client is not None and _client.alive else None
 
 
-def use_client(client: EngineClient | None) -> None:
+def use_client(client: EngineClient | RemoteClient | None) -> None:
     """Adopt an engine started elsewhere (headless scripts, tests); the previous one is released."""
-    global _client
+    global _client, _adopted
     if _client is not None and _client is not client:
         _client.shutdown()
-    _client = client
+    _client, _adopted = client, client is not None
 
 
 def release() -> None:
     """Stop the engine to free its memory (models, caches); the next action starts it again."""
-    global _client
+    global _client, _adopted
     if _client is not None:
         _client.shutdown()
-    _client = None
+    _client, _adopted = None, False
 
 
 def keep_alive() -> bool:

@@ -47,8 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bsb-engine {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("serve", help="speak the NDJSON protocol on stdin/stdout (for the Blender add-on)")
+    p = sub.add_parser("serve", help="speak the NDJSON protocol on stdin/stdout (for the Blender add-on), "
+                                     "or over the network with --listen")
     _common(p)
+    p.add_argument("--listen", default=None, metavar="HOST:PORT",
+                   help="serve remote add-ons over TCP instead of stdin/stdout (docs/protocol.md, Remote engine)")
+    p.add_argument("--token", default=None, help="the remote token (default: $BSB_REMOTE_TOKEN, else the one "
+                                                 "stored in the config folder, else a new one, printed)")
+    p.add_argument("--cert", type=Path, default=None, help="TLS certificate (PEM) for --listen")
+    p.add_argument("--key", type=Path, default=None, help="TLS private key (PEM) for --listen")
+    p.add_argument("--max-request", default="256M", metavar="SIZE", help="largest remote request (default 256M)")
+    p.add_argument("--jobs-dir", type=Path, default=None,
+                   help="per-client job folders of --listen (default: remote-jobs beside the cache folder)")
 
     p = sub.add_parser("prepare", help="distil features and train the iSeg decoder for a mesh (cached)")
     p.add_argument("mesh", type=Path)
@@ -158,9 +168,31 @@ def _serve(args: argparse.Namespace) -> int:
     proto = args.proto or _protect()
     from engine.service import jobs, server
 
+    if args.listen:
+        return _listen(args)
     state = jobs.EngineState(_session(args))
     return server.serve(jobs.make_handlers(state), jobs.hello(state), FdReader(sys.stdin.fileno()), Channel(proto),
                         status=lambda: jobs.status(state))
+
+
+def _listen(args: argparse.Namespace) -> int:
+    """Every option is checked before the models load: a typo costs a second, not a minute."""
+    from engine.cache import parse_size
+    from engine.remote import auth, server as remote
+    from engine.service import jobs
+
+    token, source = auth.resolve_token(args.token)
+    remote.check_listen(args.listen, token)
+    limits = remote.Limits(max_request=parse_size(args.max_request, "--max-request"))
+    context = remote.tls_context(args.cert, args.key)
+    state = jobs.EngineState(_session(args))
+    root = args.jobs_dir or state.session.cache.root.parent / "remote-jobs"
+    print(f"[engine] remote token ({source}): {token}" if source.startswith("new") else
+          f"[engine] remote token: {source}" if token else "[engine] no token: loopback clients only",
+          file=sys.stderr, flush=True)
+    handlers = jobs.make_handlers(state)
+    engine = remote.RemoteServer(handlers, jobs.hello(state), lambda: jobs.status(state), token, root, limits)
+    return remote.run(engine, args.listen, context)
 
 
 def _open_cache(args: argparse.Namespace):

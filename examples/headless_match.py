@@ -4,6 +4,8 @@
         --mesh chair.obj --image chair.png --point 412 300 --group Seat \
         --engine-python ~/bsb-venv/bin/python --out chair_parts.blend
 
+With an engine on another machine (`python -m engine serve --listen HOST:PORT` there), give
+`--remote HOST:PORT` and the token in $BSB_REMOTE_TOKEN (or `--token`, visible to other local users).
 Also runs with the bpy wheel: `python examples/headless_match.py -- ...`. Points are pixels of the
 original image, top-left origin; `--negative X Y` adds "not this" clicks. The add-on is used as
 installed (bl_ext.*.bsb_for_blender) or, failing that, from this repository's bsb_addon/ folder.
@@ -48,6 +50,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--profile", default="", choices=["", "cpu", "gpu", "tiny"])
     ap.add_argument("--device", default="", choices=["", "auto", "cpu", "cuda", "mps"])
     ap.add_argument("--models", default="")
+    ap.add_argument("--remote", default="", metavar="HOST:PORT", help="use a remote engine instead of a local one")
+    ap.add_argument("--token", default=os.environ.get("BSB_REMOTE_TOKEN", ""),
+                    help="the remote engine's token (default: $BSB_REMOTE_TOKEN)")
     ap.add_argument("--out", default="", help="save the .blend here")
     return ap.parse_args(argv[argv.index("--") + 1:] if "--" in argv else [])
 
@@ -71,6 +76,12 @@ def validate(args: argparse.Namespace) -> None:
             raise UserError(f"point ({x:g}, {y:g}) is outside the {width}x{height} image; give original-image pixels")
     if not args.group.strip():
         raise UserError("--group is empty; give the vertex group a name")
+    if args.remote:
+        host, _, port = args.remote.rpartition(":")
+        if not host or not port.isdigit():
+            raise UserError(f"--remote must be HOST:PORT, got {args.remote!r}")
+        if not args.token:
+            raise UserError("--remote needs the engine's token: set BSB_REMOTE_TOKEN (or give --token)")
     if args.engine_python and not Path(args.engine_python).is_file():
         raise UserError(f"engine Python not found: {args.engine_python}")
     if args.out:
@@ -139,6 +150,8 @@ def run(args: argparse.Namespace) -> dict:
         prefs.profile = args.profile.upper()
     if args.device:
         prefs.device = args.device.upper()
+    if args.remote:
+        prefs.engine_mode, prefs.remote_address, prefs.remote_token = "REMOTE", args.remote, args.token
     api = sys.modules[addon.__name__ + ".api"]
     points = args.point + args.negative
     labels = [1] * len(args.point) + [0] * len(args.negative)

@@ -310,7 +310,11 @@ def decode_json(line: bytes) -> Any:
 
 def parse_request(line: bytes) -> dict[str, Any]:
     """Decode and check one request line; raises ProtocolError (code bad_json / bad_request) naming the field."""
-    obj = decode_json(line)
+    return check_request(decode_json(line))
+
+
+def check_request(obj: Any) -> dict[str, Any]:
+    """Check a decoded request against SCHEMAS (the NDJSON and the remote transport share it)."""
     if not isinstance(obj, dict):
         raise ProtocolError("a request must be a JSON object with 'id' and 'type'", "bad_json")
     if not _str(obj.get("id")):

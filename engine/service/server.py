@@ -29,7 +29,9 @@ PROGRESS_INTERVAL_S = 0.1
 
 
 @dataclass
-class _Job:
+class Job:
+    """One queued request and its cancel flag (also used by engine.remote's fair queue)."""
+
     request: dict[str, Any]
     cancel: threading.Event = field(default_factory=threading.Event)
 
@@ -43,8 +45,8 @@ class _State:
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
-        self.queue: collections.deque[_Job] = collections.deque()
-        self.running: _Job | None = None
+        self.queue: collections.deque[Job] = collections.deque()
+        self.running: Job | None = None
         self.eof = False
         self.stop = False
 
@@ -74,14 +76,14 @@ def serve(handlers: Mapping[str, Handler], hello: dict[str, Any], stdin: BinaryI
                 break
             job = state.queue.popleft()
             state.running = job
-        final = _run_job(job, handlers[job.request["type"]], channel)
+        final = run_job(job, handlers[job.request["type"]], channel)
         with state.cond:  # not busy any more by the time the client reads the answer
             state.running = None
         channel.send(final)
     return 0
 
 
-def _run_job(job: _Job, handler: Handler, channel: Channel) -> dict[str, Any]:
+def run_job(job: Job, handler: Handler, channel: Channel) -> dict[str, Any]:
     """Run one job; returns its final message (result or error) for the caller to send."""
     last = [0.0]
 
@@ -183,7 +185,7 @@ def _dispatch(state: _State, handlers: Mapping[str, Handler], request: dict[str,
             channel.send(protocol.error(rid, "busy", f"{len(state.queue)} jobs are already waiting; "
                                                      "wait for results before sending more"))
         else:
-            state.queue.append(_Job(request))
+            state.queue.append(Job(request))
             state.cond.notify_all()
 
 
