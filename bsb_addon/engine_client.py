@@ -67,7 +67,7 @@ class EngineConfig:
     python: str = ""
     models: str = ""
     device: str = "auto"
-    profile: str = "cpu"
+    profile: str = "auto"  # the engine picks by device: `paper` on CUDA, `fast` on CPU and Apple MPS
     cache: str = ""
     log_path: str = ""
     workdir: str = ""

@@ -26,8 +26,8 @@ class NoPart(BsbError):
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", choices=PROFILES, default=None,
-                        help="model profile (default: paper on CUDA, else fast; tiny = random weights, plumbing only)")
+    parser.add_argument("--profile", choices=("auto", *PROFILES), default=None,
+                        help="model profile (default auto: paper on CUDA, else fast; tiny = random weights, plumbing only)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--models", type=Path, default=None, help="models folder (default: the model store's)")
     parser.add_argument("--cache", type=Path, default=None, help="cache folder (default: $BSB_CACHE_DIR or ~/.cache/bsb/cache)")
@@ -177,7 +177,8 @@ def _session(args: argparse.Namespace):
     from engine.pipeline import Session
 
     cache = _open_cache(args)
-    session = Session(profile=args.profile, device=args.device, models_dir=args.models, cache_dir=cache.root,
+    profile = None if args.profile == "auto" else args.profile  # None: engine.pipeline.default_profile(device)
+    session = Session(profile=profile, device=args.device, models_dir=args.models, cache_dir=cache.root,
                       offline=args.offline)
     session.cache = cache
     return session

@@ -170,3 +170,21 @@ def test_a_preparation_and_a_click_through_the_pipeline(tmp_path):
     assert tuple(image.sam.shape) == models.sam.embedding_shape
     result = pipeline.match_image(prepared, image, models, [[30.0, 20.0]], [1])
     assert result is not None
+
+
+def test_the_pipeline_crop_keeps_exactly_the_image_embedding(sam):
+    """`_crop_sam` on packed states (B, 256, 4g, g) must give the image embedding `get_image_embeddings`
+    returns (what the SAM field distils), not the stride-4/8 rows packed under it."""
+    from engine.pipeline import _crop_sam
+
+    images = np.stack([_image(64, 64, seed=s) for s in (1, 2)])
+    packed = sam.encode(images)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    x = torch.nn.functional.interpolate(x, (sam.img_size, sam.img_size), mode="bilinear", align_corners=False,
+                                        antialias=True)
+    x = (x.clamp(0, 255).round() / 255 - sam._mean) / sam._std
+    with torch.no_grad():
+        *_, emb = sam.model.get_image_embeddings(x)
+    crop = _crop_sam(sam, packed, 64)
+    assert crop.shape == (2, 256, sam.grid, sam.grid)
+    torch.testing.assert_close(crop, emb.float(), atol=1e-5, rtol=1e-5)
