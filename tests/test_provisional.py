@@ -164,3 +164,23 @@ def test_the_engine_answers_provisionally_then_finally(session, tmp_path):
     finally:
         client.close()
         client.thread.join(30)
+
+
+def test_the_command_line_prints_the_provisional_answer_then_the_final_one(tmp_path, capsys):
+    import trimesh
+
+    from engine.cli import main
+    from engine.preview import save_png
+
+    v, f, _, _ = mug(0, 12)
+    trimesh.Trimesh(v, f, process=False).export(tmp_path / "mug.ply")
+    _, _, renders = render_views(mesh_from_arrays(v, f), 1, 80, "uniform")
+    save_png(tmp_path / "ref.png", renders[0])
+    args = ["match", str(tmp_path / "mug.ply"), str(tmp_path / "ref.png"), "--up", "z", "--pixel", "40.5", "40.5",
+            "--out", str(tmp_path / "m.npz"), "--profile", "tiny", "--device", "cpu", "--models",
+            str(tmp_path / "models"), "--cache", str(tmp_path / "cache")]
+    assert main([*args, "--early"]) in (0, 3)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" ")[0] for line in lines] == ["provisional", "final"]
+    assert main(args) in (0, 3)  # from the cache: the final answer only
+    assert [line.split(" ")[0] for line in capsys.readouterr().out.splitlines()] == ["final"]
