@@ -184,3 +184,37 @@ def test_the_command_line_prints_the_provisional_answer_then_the_final_one(tmp_p
     assert [line.split(" ")[0] for line in lines] == ["provisional", "final"]
     assert main(args) in (0, 3)  # from the cache: the final answer only
     assert [line.split(" ")[0] for line in capsys.readouterr().out.splitlines()] == ["final"]
+
+
+def test_the_addon_client_gets_a_provisional_then_a_final_answer(tmp_path):
+    """bsb_addon.jobs.run_match against the real engine process (tiny profile): the provisional answer
+    arrives through `on_provisional` while the engine prepares; the returned one is final."""
+    import sys
+    from pathlib import Path
+
+    from bsb_addon import engine_client as ec
+    from bsb_addon import jobs
+    from engine.preview import save_png
+
+    root = Path(__file__).resolve().parents[1]
+    v, f, _, _ = mug(0, 12)
+    np.save(tmp_path / "v.npy", v.astype(np.float32))
+    np.save(tmp_path / "f.npy", f.astype(np.int32))
+    _, _, renders = render_views(mesh_from_arrays(v, f, up="z"), 1, 80, "uniform")
+    save_png(tmp_path / "ref.png", renders[0])
+    cfg = ec.EngineConfig(command=[sys.executable, "-u", "-m", "engine", "serve", "--profile", "tiny", "--device",
+                                   "cpu", "--models", str(tmp_path / "models"), "--cache", str(tmp_path / "cache")],
+                          workdir=str(root), log_path=str(tmp_path / "engine.log"), start_timeout=120)
+    client = ec.EngineClient(cfg)
+    client.start()
+    try:
+        mesh = jobs.MeshFiles(str(tmp_path / "v.npy"), str(tmp_path / "f.npy"), len(v), "mug", up="z")
+        early = []
+        final = jobs.run_match(client, mesh, str(tmp_path / "ref.png"), str(tmp_path / "job"), points=[[40.5, 40.5]],
+                               on_provisional=early.append)
+        assert len(early) == 1 and early[0].provisional and not final.provisional
+        again = jobs.run_match(client, mesh, str(tmp_path / "ref.png"), str(tmp_path / "job2"),
+                               points=[[40.5, 40.5]], on_provisional=early.append)
+        assert len(early) == 1 and not again.provisional, "a prepared mesh answers finally at once"
+    finally:
+        client.shutdown()
