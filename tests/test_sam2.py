@@ -192,13 +192,13 @@ def test_the_pipeline_crop_keeps_exactly_the_image_embedding(sam):
 
 @pytest.mark.parametrize("kind", ["sam2", "edgetam"])
 def test_many_prompts_decode_as_transformers_decodes_them(kind):
-    """engine.models.sam2_decoder (the image's share computed once per call) against transformers' own
+    """engine.models.prompt_decoder (the image's share computed once per call) against transformers' own
     decoder, prompt by prompt in a batch: two decoder blocks (the second sees per-prompt image tokens),
     single and two-point prompts with negatives, boxes, one and three masks."""
     from transformers import EdgeTamModel, Sam2Model
 
     from engine.models.sam2 import Sam2Segmenter
-    from engine.models.sam2_decoder import decode_many
+    from engine.models.prompt_decoder import decode_sam2
     from engine.models.tiny import tiny_sam2_config
 
     torch.manual_seed(0)
@@ -223,7 +223,7 @@ def test_many_prompts_decode_as_transformers_decodes_them(kind):
                     ref = sam.model(image_embeddings=[t.expand(n, -1, -1, -1) for t in sam._state],
                                     input_points=pts[:, None], input_labels=labels[:, None],
                                     input_boxes=None if box is None else box[:, None], multimask_output=multimask)
-                logits, scores = decode_many(sam.model, list(sam._state), pts, labels, box, multimask)
+                logits, scores = decode_sam2(sam.model, list(sam._state), pts, labels, box, multimask)
                 scale = float(ref.pred_masks.abs().max())
                 assert logits.shape == ref.pred_masks[:, 0].shape and scale > 1.0
                 torch.testing.assert_close(logits, ref.pred_masks[:, 0], atol=1e-4 * scale, rtol=1e-4)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from engine.errors import BsbError, ModelMissingError
 from engine.models import autocast
 from engine.models.sam import CachedImageSegmenter, MaskSet, _check_images, _prompt_count
-from engine.models.sam2_decoder import decode_many
+from engine.models.prompt_decoder import decode_sam2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -169,10 +169,10 @@ class Sam2Segmenter(CachedImageSegmenter):
             b = len(range(n)[sl])
             with autocast(self.device):
                 if mask_input is None:  # the image's share of the decoder computed once for the b prompts
-                    low, scores = decode_many(self.model, list(self._state),
-                                              None if points is None else points[sl, 0].to(self.device),
-                                              None if labels is None else labels[sl, 0].to(self.device),
-                                              None if boxes is None else boxes[sl, 0].to(self.device), multimask)
+                    low, scores = decode_sam2(self.model, list(self._state),
+                                               None if points is None else points[sl, 0].to(self.device),
+                                               None if labels is None else labels[sl, 0].to(self.device),
+                                               None if boxes is None else boxes[sl, 0].to(self.device), multimask)
                 else:
                     out = self.model(
                         image_embeddings=[t.expand(b, -1, -1, -1) for t in self._state],  # one image, b prompts
