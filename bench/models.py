@@ -11,7 +11,7 @@ gpu_profile_encode_s, and the model time of a preparation per profile.
 engine.models.sam2, DINOv2-S/B) with GFLOPs from torch's flop counter, and the `fast` profile's preparation
 of a mesh through the real pipeline (bench/prepare.py's stage clock; `--quick`: a few views and steps
 scaled up stage by stage, labelled extrapolated). JSON keys: encoder_<name>_view_s / _gflops,
-fast_prepare_s_<mesh>, fast_sam_views, fast_click_s, fast_first_answer_s is NOT measured (not built).
+fast_prepare_s_<mesh>, fast_sam_views, fast_click_s (bench/prepare.py also gives fast_first_answer_s).
 Quality of `fast` cannot be measured here: there are no real weights on this machine.
 """
 
