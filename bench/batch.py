@@ -48,14 +48,14 @@ MODEL_STAGES = ("prepare", "set_image", "match")  # the rest (load_mesh, write) 
 def random_cpu_session(options: dict):
     """Session factory run inside each actor: the cpu profile with random weights of the real architectures."""
     sys.path.insert(0, BENCH)
-    from prepare import patched, random_cpu_models
+    from prepare import patched, random_models
 
     import engine.models.store
     from engine.pipeline import Session
 
     session = Session(profile="cpu", device="cpu", models_dir=options.get("models"), cache_dir=options.get("cache"),
                       offline=True)
-    models = random_cpu_models()
+    models = random_models("cpu")
     with patched(engine.models.store, "load_profile_models", lambda *a, **k: (models.dino, models.sam)):
         assert session.models.random_weights
     return session

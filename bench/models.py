@@ -7,11 +7,12 @@ printed alongside. `--quick` (< 60 s) times the SAM image encoder by parts (patc
 one windowed block, one global block) and extrapolates to the full depth; the full run times it whole.
 Prints a table, then one JSON line: cpu_profile_encode_s (SAM + DINOv2 per view), cpu_profile_sam_click_ms,
 gpu_profile_encode_s, and the model time of a preparation per profile.
+`--decoders` (alone): CPU ms per prompt of the libraries' mask decoders against engine.models.prompt_decoder.
 `--encoders` adds a per-view table of the lighter encoders (SAM 2.1 tiny/small and EdgeTAM through
 engine.models.sam2, DINOv2-S/B) with GFLOPs from torch's flop counter, and the `fast` profile's preparation
 of a mesh through the real pipeline (bench/prepare.py's stage clock; `--quick`: a few views and steps
 scaled up stage by stage, labelled extrapolated). JSON keys: encoder_<name>_view_s / _gflops,
-fast_prepare_s_<mesh>, fast_sam_views, fast_click_s, fast_first_answer_s is NOT measured (not built).
+fast_prepare_s_<mesh>, fast_sam_views, fast_click_s (bench/prepare.py also gives fast_first_answer_s).
 Quality of `fast` cannot be measured here: there are no real weights on this machine.
 """
 
@@ -194,6 +195,52 @@ def fast_prepare(quick: bool, threads: int, mesh_path: Path, image_path: Path) -
     return out, clock
 
 
+def decoder_rows(n: int = 32, reps: int = 2) -> tuple[list, dict]:
+    """CPU seconds per prompt of the libraries' mask decoders against engine.models.prompt_decoder (the
+    image's share computed once per call), n single-click prompts on one image, real architectures."""
+    from engine.models.prompt_decoder import decode_sam1, decode_sam2
+    from engine.models.sam2 import Sam2Segmenter, to_model_frame
+
+    rng = np.random.default_rng(0)
+    labels = torch.ones(n, 1, dtype=torch.int64)
+
+    def cpu_per_prompt(fn) -> float:
+        best = np.inf
+        for _ in range(reps):
+            start = time.process_time()
+            fn()
+            best = min(best, (time.process_time() - start) / n)
+        return best
+
+    seg = Sam2Segmenter(sam2_arch("edgetam"), "bench", torch.device("cpu"), random_weights=True)
+    seg.set_embedding(torch.randn(seg.embedding_shape), (512, 512))
+    pts = to_model_frame(torch.as_tensor(rng.uniform(0, 512, (n, 1, 2)), dtype=torch.float32), (512, 512), 1024)
+
+    @torch.inference_mode()
+    def edgetam_library():
+        seg.model(image_embeddings=[t.expand(n, -1, -1, -1) for t in seg._state], input_points=pts[:, None],
+                  input_labels=labels[:, None], multimask_output=True)
+
+    sam = build_sam("vit_b").eval()
+    emb = torch.randn(1, 256, 64, 64)
+    pts1 = torch.as_tensor(rng.uniform(0, 1024, (n, 1, 2)), dtype=torch.float32)
+
+    @torch.inference_mode()
+    def sam1_library():
+        sparse, dense = sam.prompt_encoder(points=(pts1, labels), boxes=None, masks=None)
+        sam.mask_decoder(emb, sam.prompt_encoder.get_dense_pe(), sparse, dense, True)
+
+    rows = [("edgetam", cpu_per_prompt(edgetam_library),
+             cpu_per_prompt(lambda: decode_sam2(seg.model, list(seg._state), pts, labels, None, True))),
+            ("sam_vit_b", cpu_per_prompt(sam1_library),
+             cpu_per_prompt(lambda: decode_sam1(sam, emb, pts1, labels, None, True)))]
+    out = {}
+    for name, library, shared in rows:
+        out[f"decoder_{name}_library_cpu_ms"] = round(library * 1000, 1)
+        out[f"decoder_{name}_shared_cpu_ms"] = round(shared * 1000, 1)
+    return rows, out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="under a minute: fewer repetitions, SAM encoder by parts")
@@ -203,8 +250,18 @@ def main() -> int:
     root = Path(__file__).resolve().parents[1]
     ap.add_argument("--mesh", type=Path, default=root / "assets" / "spot.obj")
     ap.add_argument("--image", type=Path, default=root / "assets" / "spot_reference.png")
+    ap.add_argument("--decoders", action="store_true",
+                    help="only the mask decoders: the libraries' against the engine's shared one, CPU s per prompt")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.decoders:
+        rows, result = decoder_rows()
+        print(f"mask decoder, 32 single-click prompts on one image, {args.threads} threads, load "
+              f"{os.getloadavg()[0]:.1f}: CPU ms per prompt (all threads)")
+        for name, library, shared in rows:
+            print(f"{name:10s} library {library * 1000:7.1f}  shared {shared * 1000:7.1f}  x{library / shared:.2f}")
+        print(json.dumps({"threads": args.threads, "loadavg_1min": round(os.getloadavg()[0], 1), **result}))
+        return 0
     reps = 1 if args.quick else 3
     rows, result = [], {"threads": args.threads, "quick": args.quick, "loadavg_1min": round(os.getloadavg()[0], 1),
                         "gpu_profile_measured_on": "cpu"}

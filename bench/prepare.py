@@ -1,16 +1,25 @@
 """End-to-end cost of one mesh preparation and one click per profile, through the real pipeline.
 
 TIMING ONLY, RANDOM WEIGHTS: the `cpu` profile's real architectures (DINOv2-B/14 with registers, SAM ViT-B)
-are built with random weights and injected in place of `load_profile_models` (cost does not depend on the
+and the `fast` profile's (DINOv2-S/14 with registers, EdgeTAM through transformers) are built with random
+weights and injected in place of `load_profile_models` (cost does not depend on the
 weight values; nothing is downloaded). The answers are meaningless; only the seconds are. Every stage of
 `engine.pipeline._compute_mesh` is timed by wrapping the function the pipeline calls (render, DINO teacher,
 SAM encoder, DINO/SAM distillation, iSeg click data, iSeg decoder training); a click is `set_image` once,
-then `match` split into SAM decoder calls, iSeg and the rest (BSB matching).
+then `match` split into SAM decoder calls, iSeg and the rest (BSB matching). iSeg prompts are counted in
+both view-segmenter methods (single clicks in `segment_levels`, multi-click prompts in `segment_views`).
+Time to first answer (`first_answer`, engine.provisional): from the start of the preparation until the
+provisional answer to one click on the DINO field (set_image + match), where the image is really encoded
+(tiny, fast). Quick mode measures it too, at the profile's full settings (that preparation is stopped
+once the answer is timed): extrapolating the DINO distillation from a few views overstates it.
 The machine is shared: wall time is noisy, so process CPU time / threads sits next to it (closer to what a
 quiet machine's wall time would be).
-`--quick` (< 60 s): the tiny profile end to end, plus the cpu profile on a few views and steps, scaled up
-stage by stage to the real settings (labelled "extrapolated"). Full: the real cpu profile, measured.
-Prints a table, then one JSON line (cpu_prepare_total_s, cpu_click_s, sam_encodings_per_mesh, per stage ...).
+`--quick` (a few minutes on a loaded machine): the tiny profile end to end, plus the cpu and fast profiles
+on a few views and steps, scaled up stage by stage to the real settings (labelled "extrapolated"; iSeg
+data per single-click prompt, second clicks in the small run's proportion). Full: the real profiles,
+measured. `--profiles` picks among tiny, cpu, fast. Prints a table, then one JSON line (cpu_prepare_total_s,
+cpu_click_s, sam_encodings_per_mesh, per stage ...; for fast the issue's keys fast_prepare_s_<mesh>,
+fast_sam_views, fast_click_s, fast_first_answer_s, plus fast_<stage>_s).
 """
 
 from __future__ import annotations
@@ -40,9 +49,10 @@ import engine.pipeline as pipeline  # noqa: E402
 from engine.images import load_image  # noqa: E402
 from engine.iseg.view_segmenters import SamViewSegmenter  # noqa: E402
 from engine.mesh import Mesh, load_mesh  # noqa: E402
+from engine.provisional import prepare_early  # noqa: E402
 
 STAGES = ("render", "dino_teacher", "sam_encoder", "dino_distill", "sam_distill", "iseg_data", "iseg_train")
-CLICK = ("set_image", "click_sam", "click_matching", "click_iseg", "click")
+CLICK = ("set_image", "click_sam", "click_matching", "click_iseg", "click", "first_answer")
 
 
 class Clock:
@@ -89,15 +99,20 @@ def instrument(clock: Clock, models: pipeline.Models):
         return encode(images)
 
     distill_order = iter(["dino_distill", "sam_distill"] * 100)
-    segment_views = SamViewSegmenter.segment_views
+    segment_views, segment_levels = SamViewSegmenter.segment_views, SamViewSegmenter.segment_levels
 
-    def counting_segment(self, view_ids, points, labels):
-        clock.n["iseg_prompts_" + ("single" if np.asarray(points).shape[1] == 1 else "second")] += len(view_ids)
+    def counting_levels(self, view_ids, points):  # every single click, whichever method issued it
+        clock.n["iseg_prompts_single"] += len(view_ids)
+        return segment_levels(self, view_ids, points)
+
+    def counting_segment(self, view_ids, points, labels):  # single clicks delegate to segment_levels
+        if np.asarray(points).shape[1] > 1:
+            clock.n["iseg_prompts_second"] += len(view_ids)
         return segment_views(self, view_ids, points, labels)
 
     render_order = iter(["render_dino", "render_sam"] * 100)  # _compute_mesh renders the DINO views first
 
-    def render_label(mesh, n, size, mode):
+    def render_label(mesh, n, size, mode, *rest):
         label = next(render_order)
         clock.n[f"{label}_views"] += n
         return label
@@ -112,21 +127,28 @@ def instrument(clock: Clock, models: pipeline.Models):
                                                                      lambda *a, **k: "iseg_data")), \
             patched(engine.iseg.train, "train_decoder", clock.wrap(engine.iseg.train.train_decoder,
                                                                    lambda *a, **k: "iseg_train")), \
-            patched(SamViewSegmenter, "segment_views", counting_segment):
+            patched(SamViewSegmenter, "segment_views", counting_segment), \
+            patched(SamViewSegmenter, "segment_levels", counting_levels):
         yield
 
 
-def random_cpu_models() -> pipeline.Models:
-    """The cpu profile's real architectures with random weights (timing only)."""
-    from models import dino_for  # bench/models.py
+def random_models(profile_name: str) -> pipeline.Models:
+    """A profile's real architectures with random weights (timing only): `cpu` (segment-anything ViT-B) or
+    `fast` (transformers EdgeTAM), each with its DINOv2."""
+    from models import dino_for, sam2_arch  # bench/models.py
 
     from engine.models.profiles import PROFILES
     from engine.models.sam import SamSegmenter, build_sam
+    from engine.models.sam2 import Sam2Segmenter
 
-    profile = PROFILES["cpu"]
-    sam = SamSegmenter(build_sam(profile.sam_type), f"random-{profile.sam_type}", torch.device("cpu"),
-                       random_weights=True)
-    return pipeline.Models(dino_for(profile), sam, "cpu")
+    profile = PROFILES[profile_name]
+    if profile.sam_id:
+        sam = Sam2Segmenter(sam2_arch(profile.sam_type), f"random-{profile.sam_type}", torch.device("cpu"),
+                            random_weights=True)
+    else:
+        sam = SamSegmenter(build_sam(profile.sam_type), f"random-{profile.sam_type}", torch.device("cpu"),
+                           random_weights=True)
+    return pipeline.Models(dino_for(profile), sam, profile_name)
 
 
 def run_profile(profile: str, mesh: Mesh, image, clock: Clock, models: pipeline.Models | None,
@@ -140,8 +162,19 @@ def run_profile(profile: str, mesh: Mesh, image, clock: Clock, models: pipeline.
     with patched(engine.models.store, "load_profile_models", loader):
         loaded = session.models
     assert loaded.random_weights, "this bench must only ever run random-weight models"
+    start = np.array([time.perf_counter(), time.process_time()])
+
+    def first_answer(early: pipeline.PreparedMesh) -> None:  # the provisional answer, inside the preparation
+        clock.t["dino_ready"] += (time.perf_counter() - start[0], (time.process_time() - start[1]) / clock.threads)
+        with clock.time("first_click"):
+            session.match(early, session.set_image(image), [click_point(image)], [1])
+
     with instrument(clock, loaded), clock.time("total"):
-        prepared = session.prepare(mesh)
+        prepared = prepare_early(session, mesh, first_answer) if not fake_image_embedding else session.prepare(mesh)
+    if not fake_image_embedding:  # the provisional click is no part of the preparation's cost
+        clock.t["total"] -= clock.t["first_click"]
+        clock.n["sam_encodings"] -= 1
+        clock.t["first_answer"] = clock.t["dino_ready"] + clock.t["first_click"]
 
     if fake_image_embedding:  # quick: set_image's SAM encode is extrapolated from the per-view encode
         with clock.time("set_image_dino"):
@@ -161,6 +194,30 @@ def run_profile(profile: str, mesh: Mesh, image, clock: Clock, models: pipeline.
     clock.t["click_matching"] = clock.t["click"] - clock.t["click_sam"] - clock.t["click_iseg"]
     clock.t["render"] = clock.t["render_dino"] + clock.t["render_sam"]
     return prepared
+
+
+class _Answered(Exception):
+    """Stops a preparation once its provisional answer is timed."""
+
+
+def measure_first_answer(profile: str, mesh: Mesh, image, models: pipeline.Models,
+                         settings: pipeline.PrepareSettings, threads: int) -> np.ndarray:
+    """Wall and CPU/threads seconds from the start of a real-settings preparation to the provisional answer
+    of one click (the DINO stages at full size, set_image, match); the rest of the preparation is skipped."""
+    session = pipeline.Session(profile, device="cpu", settings=settings, use_cache=False, models=models)
+    start = np.array([time.perf_counter(), time.process_time()])
+    took = np.zeros(2)
+
+    def answer(early: pipeline.PreparedMesh) -> None:
+        session.match(early, session.set_image(image), [click_point(image)], [1])
+        took[:] = (time.perf_counter() - start[0], (time.process_time() - start[1]) / threads)
+        raise _Answered()
+
+    try:
+        prepare_early(session, mesh, answer)
+    except _Answered:
+        pass
+    return took
 
 
 def click_point(image) -> tuple[float, float]:
@@ -220,6 +277,10 @@ def extrapolate(mini: Clock, small: pipeline.PrepareSettings, full: pipeline.Pre
     for k in ("click_sam", "click_iseg", "click_matching"):
         out.t[k] = mini.t[k]
     out.t["click"] = mini.t["click"]
+    # time to first answer: the DINO stages at full size, then the provisional click as measured
+    if mini.t["first_click"][0] > 0:
+        out.t["first_answer"] = (out.t["render_dino"] + out.t["dino_teacher"] + out.t["dino_distill"]
+                                 + mini.t["first_click"])
     out.n["sam_encodings"] = full.sam_views
     out.n["iseg_prompts_single"] = single_full
     out.n["iseg_prompts_second"] = int(round(single_full * second_ratio))
@@ -237,6 +298,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--mesh", type=Path, default=ROOT / "assets" / "spot.obj")
     ap.add_argument("--image", type=Path, default=ROOT / "assets" / "spot_reference.png")
+    ap.add_argument("--profiles", type=lambda s: s.split(","), default=["tiny", "cpu", "fast"],
+                    help="comma-separated, of tiny,cpu,fast (default: all three)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     mesh, image = load_mesh(args.mesh), load_image(args.image)
@@ -245,20 +308,29 @@ def main() -> int:
               "loadavg_1min": round(os.getloadavg()[0], 1)}
     runs: list[tuple[str, str, Clock]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        tiny = Clock(args.threads)
-        run_profile("tiny", mesh, image, tiny, None, None, Path(tmp))
-        runs.append(("tiny", "measured", tiny))
-        cpu_models = random_cpu_models()
-        full = pipeline.settings_for("cpu")
-        if args.quick:
-            small = small_settings(full)
-            mini = Clock(args.threads)
-            run_profile("cpu", mesh, image, mini, cpu_models, small, Path(tmp), fake_image_embedding=True)
-            runs.append(("cpu", "extrapolated", extrapolate(mini, small, full, mesh, args.threads)))
-        else:
-            cpu = Clock(args.threads)
-            run_profile("cpu", mesh, image, cpu, cpu_models, full, Path(tmp))
-            runs.append(("cpu", "measured", cpu))
+        if "tiny" in args.profiles:
+            tiny = Clock(args.threads)
+            run_profile("tiny", mesh, image, tiny, None, None, Path(tmp))
+            runs.append(("tiny", "measured", tiny))
+        for name in (p for p in ("cpu", "fast") if p in args.profiles):
+            models, full = random_models(name), pipeline.settings_for(name)
+            if args.quick:
+                small = small_settings(full)
+                mini = Clock(args.threads)
+                # SAM 1's image embedding is faked and extrapolated; SAM 2's packed state is encoded whole
+                run_profile(name, mesh, image, mini, models, small, Path(tmp), fake_image_embedding=name == "cpu")
+                clock = extrapolate(mini, small, full, mesh, args.threads)
+                if name != "cpu":
+                    clock.t["set_image"] = mini.t["set_image"]
+                    clock.t["first_answer"] = measure_first_answer(name, mesh, image, models, full, args.threads)
+                    clock.n["first_answer_measured"] = 1
+                runs.append((name, "extrapolated", clock))
+            else:
+                clock = Clock(args.threads)
+                run_profile(name, mesh, image, clock, models, full, Path(tmp))
+                runs.append((name, "measured", clock))
+            clock.n["sam_views"] = full.sam_views
+            del models
 
     print(f"TIMING ONLY, RANDOM WEIGHTS (real architectures): mesh {args.mesh.name} ({mesh.num_vertices} vertices), "
           f"{args.threads} threads, load {result['loadavg_1min']}; 'cpu/thr' = process CPU s / threads")
@@ -281,7 +353,15 @@ def main() -> int:
         result[f"{name}_click_s"] = round(float(c.t["click"][0]), 3)
         result[f"{name}_sam_encodings_per_mesh"] = c.n["sam_encodings"]
         result[f"{name}_iseg_prompts"] = c.n["iseg_prompts_single"] + c.n["iseg_prompts_second"]
-    result["sam_encodings_per_mesh"] = result["cpu_sam_encodings_per_mesh"]
+    if "cpu_sam_encodings_per_mesh" in result:
+        result["sam_encodings_per_mesh"] = result["cpu_sam_encodings_per_mesh"]
+    for name, how, c in runs:  # the issue's keys for the fast profile
+        if name == "fast":
+            result[f"fast_prepare_s_{args.mesh.stem}"] = result["fast_prepare_total_s"]
+            result["fast_sam_views"] = c.n["sam_views"]
+            result["fast_first_answer_s"] = round(float(c.t["first_answer"][0]), 2)
+            result["fast_first_answer_cpu_s"] = round(float(c.t["first_answer"][1]), 2)
+            result["fast_first_answer_measured"] = how == "measured" or bool(c.n["first_answer_measured"])
     print(json.dumps(result))
     return 0
 

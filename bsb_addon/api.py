@@ -61,6 +61,8 @@ def group_name_for(obj, chosen: str) -> str:
 def describe(result: jobs.PartResult) -> str:
     """What the results list shows; random weights are always labelled as a plumbing check."""
     text = f"{result.confidence:.2f}, {result.n_selected} vertices" if result.found else "no corresponding part"
+    if result.provisional:
+        text += " (provisional: refining)"
     return f"{text} - {PLUMBING}" if result.random_weights else text
 
 

@@ -71,7 +71,7 @@ class EngineConfig:
     python: str = ""
     models: str = ""
     device: str = "auto"
-    profile: str = "cpu"
+    profile: str = "auto"  # the engine picks by device: `paper` on CUDA, `fast` on CPU and Apple MPS
     cache: str = ""
     log_path: str = ""
     workdir: str = ""
@@ -178,8 +178,10 @@ class Pending:
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
         timeout: float | None = None,
+        on_event: Callable[[dict], None] | None = None,
     ) -> dict:
         """Block until the result; forwards progress, sends the protocol's cancel when `cancel()` turns true.
+        `on_event` gets every progress message whole (an early prepare's provisional `mesh_id`).
 
         Every way out is bounded: the overall `timeout` (default: the config's `request_timeout`), a
         status ping when the engine has been silent for a while, and the cancel grace period.
@@ -215,6 +217,8 @@ class Pending:
                 kind = msg.get("type")
                 if kind == "progress" and progress is not None:
                     progress(float(msg.get("fraction", 0.0)), str(msg.get("message", "")))
+                if kind == "progress" and on_event is not None:
+                    on_event(msg)
                 elif kind == "result":
                     return msg.get("data") or {}
                 elif kind == "error":
@@ -390,10 +394,11 @@ class EngineClient:
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
         timeout: float | None = None,
+        on_event: Callable[[dict], None] | None = None,
         **fields,
     ) -> dict:
         """Send and wait: the synchronous form used headless and from worker threads."""
-        return self.send(kind, **fields).wait(progress=progress, cancel=cancel, timeout=timeout)
+        return self.send(kind, **fields).wait(progress=progress, cancel=cancel, timeout=timeout, on_event=on_event)
 
     def cancel(self, request_id: str) -> None:
         """Protocol cancel; answered at once by the engine, the job itself ends with `cancelled`."""

@@ -77,6 +77,7 @@ class PartResult:
     image_size: tuple[int, int] = (0, 0)
     info: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    provisional: bool = False  # from the DINO field alone, while the engine still trains iSeg (replaced later)
 
     @property
     def n_selected(self) -> int:
@@ -157,7 +158,10 @@ def part_from_data(data: dict, mesh: "MeshFiles | int", random_weights: bool, im
     return result
 
 
-def prepare(client: EngineClient, mesh: MeshFiles, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> dict:
+def prepare(client: EngineClient, mesh: MeshFiles, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+            on_event=None) -> dict:
+    """`on_event(message)`: ask for an early prepare and get its progress messages (a provisional mesh id)."""
+    early = {"early": True, "on_event": on_event} if on_event is not None else {}
     data = client.request(
         "prepare",
         progress=progress,
@@ -165,6 +169,7 @@ def prepare(client: EngineClient, mesh: MeshFiles, progress: ProgressFn | None =
         mesh={"npy_vertices": mesh.vertices, "npy_faces": mesh.faces},
         up=mesh.up,
         name=mesh.name,
+        **early,
     )
     if int(data.get("n_vertices", mesh.n_vertices)) != mesh.n_vertices:
         raise ResultError(
@@ -199,12 +204,31 @@ def run_match(
     min_confidence: float | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
+    on_provisional=None,
 ) -> PartResult:
     """prepare -> set_image -> match. Clicks come as engine pixels or as normalised Blender view
-    coordinates (`points_uv`, `box_uv`), converted here with the size the engine reports."""
+    coordinates (`points_uv`, `box_uv`), converted here with the size the engine reports.
+    `on_provisional(PartResult)`: while the engine prepares the mesh, it gets a provisional answer as soon
+    as the engine can give one (its `provisional` is True); the returned result is the final one."""
+    asked: list[str] = []
+
+    def event(msg: dict) -> None:  # the engine's DINO field is ready: answer on it while iSeg trains
+        if msg.get("provisional") and msg.get("mesh_id") and not asked:
+            asked.append(msg["mesh_id"])
+            on_provisional(_match_on(client, mesh, msg["mesh_id"], image_path, f"{job_dir}_provisional", points,
+                                     labels, points_uv, box, box_uv, min_confidence, None, cancel))
+
+    mesh_data = prepare(client, mesh, _steps(progress, 0.0, 0.3), cancel, event if on_provisional else None)
+    return _match_on(client, mesh, mesh_data["mesh_id"], image_path, job_dir, points, labels, points_uv, box,
+                     box_uv, min_confidence, _steps(progress, 0.3, 1.0), cancel)
+
+
+def _match_on(client: EngineClient, mesh: MeshFiles, mesh_id: str, image_path: str, job_dir: str, points, labels,
+              points_uv, box, box_uv, min_confidence, progress: ProgressFn | None, cancel: CancelFn | None
+              ) -> PartResult:
+    """set_image -> match on a prepared (or provisional) mesh id."""
     from . import pixels
 
-    mesh_data = prepare(client, mesh, _steps(progress, 0.0, 0.3), cancel)
     image = set_image(client, image_path, cancel)
     width, height = int(image["width"]), int(image["height"])
     if points_uv is not None:
@@ -219,7 +243,7 @@ def run_match(
     if len(labels) != len(points):
         raise EngineError(f"{len(points)} points but {len(labels)} labels; give one label per point.", "bad_request")
     fields: dict = {
-        "mesh_id": mesh_data["mesh_id"],
+        "mesh_id": mesh_id,
         "image_id": image["image_id"],
         "points": [[float(x), float(y)] for x, y in points],
         "labels": labels,
@@ -230,9 +254,10 @@ def run_match(
     if min_confidence is not None:
         fields["min_confidence"] = float(min_confidence)
     Path(job_dir).mkdir(parents=True, exist_ok=True)
-    data = client.request("match", progress=_steps(progress, 0.3, 1.0), cancel=cancel, **fields)
+    data = client.request("match", progress=progress, cancel=cancel, **fields)
     result = part_from_data(data, mesh, client.random_weights, (width, height))
     result.provenance = provenance(client)
+    result.provisional = bool(data.get("provisional", False))
     return result
 
 

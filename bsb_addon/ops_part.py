@@ -160,14 +160,15 @@ class BSB_OT_match(MeshOperator, bpy.types.Operator):
         min_conf = s.min_confidence or None
         config = session.engine_config()
 
-        def work(progress, cancel):
+        def work(progress, cancel):  # a provisional answer is written first, then replaced by the final one
             return jobs.run_match(session.get_client(config, progress), req.mesh, req.image_path,
                                   str(req.job_dir / "match"), points_uv=points_uv, labels=labels, box_uv=box_uv,
-                                  min_confidence=min_conf, progress=progress, cancel=cancel)
+                                  min_confidence=min_conf, progress=progress, cancel=cancel,
+                                  on_provisional=lambda early: session.post(lambda: deliver(lambda: apply(early))))
 
         def apply(result):
             _say(api.apply_part(req, result, group, soft))
-            if result.found:  # the clicks are recorded with this part; the next part starts afresh
+            if result.found and not result.provisional:  # the clicks stay with this part; the next starts afresh
                 settings = bpy.context.scene.bsb
                 settings.clicks.clear()
                 settings.use_box = False

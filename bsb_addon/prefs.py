@@ -27,9 +27,12 @@ class BSB_AddonPreferences(bpy.types.AddonPreferences):
     device: EnumProperty(name="Device", default="AUTO", items=[
         ("AUTO", "Auto", "CUDA, then MPS, then CPU"), ("CPU", "CPU", ""), ("CUDA", "CUDA", "NVIDIA GPU"),
         ("MPS", "MPS", "Apple GPU")])
-    profile: EnumProperty(name="Profile", default="CPU", items=[
-        ("CPU", "CPU", "Smaller models and fewer views, for machines without a GPU"),
-        ("GPU", "GPU", "Full-size models, for a CUDA or Apple GPU"),
+    profile: EnumProperty(name="Profile", default="AUTO", items=[
+        ("AUTO", "Auto", "The engine picks by device: Paper on CUDA, Fast on CPU and Apple GPUs"),
+        ("FAST", "Fast", "EdgeTAM and DINOv2-S on 24 SAM views: the CPU and Apple GPU default"),
+        ("PAPER", "Paper", "SAM ViT-H and DINOv2-L, the reference's view counts: the CUDA default"),
+        ("CPU", "CPU", "SAM ViT-B and DINOv2-B on 4 SAM views (the earlier CPU default)"),
+        ("GPU", "GPU", "Full-size models (as Paper)"),
         ("TINY", "Plumbing check", "Random weights: tests the set-up only, results are meaningless")])
     engine_mode: EnumProperty(name="Engine", default="LOCAL", items=[
         ("LOCAL", "Local", "Run the engine on this computer, as a child process of Blender"),

@@ -174,6 +174,15 @@ def run_job(kind: str, work: Work, done: Done) -> None:
     ensure_timer()
 
 
+def post(fn: Callable[[], None]) -> None:
+    """From the running job's worker: call `fn` on the main thread (at once when headless, where the work
+    itself runs on the main thread). A provisional answer is written this way while the job goes on."""
+    if not interactive() or _job is None:
+        fn()
+        return
+    _events.put((_job, "call", fn))
+
+
 def interactive() -> bool:
     """The GUI path (worker thread + timer). Tests of the GUI path switch it on in background mode."""
     return not bpy.app.background or _force_interactive
@@ -198,6 +207,8 @@ def drain() -> float | None:
                 continue  # a job from before a reload or unregister
             if kind == "progress":
                 state.fraction, state.message = float(rest[0]), str(rest[1])[:200]
+            elif kind == "call":
+                _call(rest[0])
             else:
                 _finish(job, rest[0], rest[1])
                 _redraw()
@@ -206,6 +217,15 @@ def drain() -> float | None:
         pass
     _redraw()
     return 0.1 if busy() else None
+
+
+def _call(fn: Callable[[], None]) -> None:
+    from . import feedback
+
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - shown; the job itself goes on
+        feedback.show_error(exc)
 
 
 def _finish(job: dict, result: object, error: Exception | None) -> None:

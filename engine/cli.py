@@ -26,8 +26,8 @@ class NoPart(BsbError):
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", choices=PROFILES, default=None,
-                        help="model profile (default: paper on CUDA, else fast; tiny = random weights, plumbing only)")
+    parser.add_argument("--profile", choices=("auto", *PROFILES), default=None,
+                        help="model profile (default auto: paper on CUDA, else fast; tiny = random weights, plumbing only)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--models", type=Path, default=None, help="models folder (default: the model store's)")
     parser.add_argument("--cache", type=Path, default=None, help="cache folder (default: $BSB_CACHE_DIR or ~/.cache/bsb/cache)")
@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a negative click; repeatable")
     p.add_argument("--box", nargs=4, type=float, default=None, metavar=("X0", "Y0", "X1", "Y1"))
     p.add_argument("--min-confidence", type=float, default=None)
+    p.add_argument("--early", action="store_true",
+                   help="also print a provisional answer (DINO field only) as soon as it exists, before the "
+                        "preparation ends")
     _outputs(p)
     _common(p)
 
@@ -209,7 +212,8 @@ def _session(args: argparse.Namespace):
     from engine.pipeline import Session
 
     cache = _open_cache(args)
-    session = Session(profile=args.profile, device=args.device, models_dir=args.models, cache_dir=cache.root,
+    profile = None if args.profile == "auto" else args.profile  # None: engine.pipeline.default_profile(device)
+    session = Session(profile=profile, device=args.device, models_dir=args.models, cache_dir=cache.root,
                       offline=args.offline)
     session.cache = cache
     return session
@@ -236,14 +240,19 @@ def _warn_random(state) -> None:
               file=sys.stderr)
 
 
-def _load_prepared(state, mesh_path: Path, up: str):
+def _load_prepared(state, mesh_path: Path, up: str, on_provisional=None):
+    """The prepared mesh; `on_provisional(PreparedMesh)` gets the provisional one first (engine.provisional)."""
     from engine.mesh import load_mesh
+    from engine.provisional import prepare_early
     from engine.service.inputs import require_file
 
     mesh = load_mesh(require_file(mesh_path, "mesh"), up=up)
     progress = _tqdm_progress("prepare")
     try:
-        prepared = state.prepare(mesh, progress=progress)
+        if on_provisional is None:
+            prepared = state.prepare(mesh, progress=progress)
+        else:
+            prepared = prepare_early(state, mesh, on_provisional, progress=progress)
     finally:
         progress.close()
     return mesh, prepared
@@ -275,7 +284,13 @@ def _match(args: argparse.Namespace) -> int:
                                                       image.original_size)
     state = _session(args)
     _warn_random(state)
-    mesh, prepared = _load_prepared(state, args.mesh, args.up)
+
+    def provisional(early) -> None:  # printed at once; the final answer follows when preparation ends
+        answer = state.match(early, state.set_image(image), points, labels, box=box, min_confidence=min_confidence)
+        print("provisional (DINO field; iSeg still training): "
+              + results.describe_match(answer, early.mesh.num_vertices), flush=True)
+
+    mesh, prepared = _load_prepared(state, args.mesh, args.up, provisional if args.early else None)
     progress = _tqdm_progress("match")
     try:
         pimage = state.set_image(image, progress=progress)
@@ -290,7 +305,7 @@ def _match(args: argparse.Namespace) -> int:
         clicks = [(x, y, label) for (x, y), label in zip(points, labels)]
         save_png(args.preview, results.match_preview(mesh, image.rgb, match, clicks, image.scale,
                                                      state.random_weights))
-    print(results.describe_match(match, mesh.num_vertices))
+    print(f"final (iSeg): {results.describe_match(match, mesh.num_vertices)}")
     if not match.found:
         raise NoPart(match.reason or "no valid candidate")
     return EXIT_OK

@@ -25,6 +25,7 @@ from engine.mesh import Mesh
 
 Progress = Callable[[float, str], None]
 CancelCheck = Callable[[], bool]
+DinoReady = Callable[[torch.Tensor], None]  # gets the (V, D) DINO field as soon as it exists (engine.provisional)
 
 
 @dataclass(frozen=True)
@@ -156,8 +157,9 @@ def mesh_cache_key(mesh: Mesh, models: Models, settings: PrepareSettings) -> str
 
 def prepare_mesh(mesh: Mesh, models: Models, settings: PrepareSettings, device: torch.device | str = "cpu",
                  cache: Cache | None = None, progress: Progress | None = None,
-                 cancel: CancelCheck | None = None) -> PreparedMesh:
-    """Distilled DINO/SAM vertex features and a trained iSeg decoder for `mesh`, from the cache when possible."""
+                 cancel: CancelCheck | None = None, on_dino: DinoReady | None = None) -> PreparedMesh:
+    """Distilled DINO/SAM vertex features and a trained iSeg decoder for `mesh`, from the cache when possible.
+    `on_dino` is called with the DINO field before the SAM stages start (not on a cache hit)."""
     from engine.iseg.model import ISegModel
 
     start = time.monotonic()
@@ -177,7 +179,7 @@ def prepare_mesh(mesh: Mesh, models: Models, settings: PrepareSettings, device: 
             progress(1.0, "loaded from the cache")
         return PreparedMesh(mesh, dino, sam, iseg, settings, key, True, time.monotonic() - start)
 
-    dino, sam, iseg = _compute_mesh(mesh, models, settings, device, progress, cancel)
+    dino, sam, iseg = _compute_mesh(mesh, models, settings, device, progress, cancel, on_dino)
     if cache is not None:
         def write(folder: Path) -> None:
             np.save(folder / "dino.npy", dino.numpy().astype(np.float16))
@@ -199,7 +201,7 @@ def render_views(mesh: Mesh, n: int, size: int, mode: str, cancel: CancelCheck |
 
 
 def _compute_mesh(mesh: Mesh, models: Models, settings: PrepareSettings, device: torch.device,
-                  progress: Progress | None, cancel: CancelCheck | None):
+                  progress: Progress | None, cancel: CancelCheck | None, on_dino: DinoReady | None = None):
     from engine.distill import distill, teacher_targets
     from engine.iseg import ISegConfig, train_iseg
     from engine.iseg.view_segmenters import SamViewSegmenter
@@ -214,6 +216,10 @@ def _compute_mesh(mesh: Mesh, models: Models, settings: PrepareSettings, device:
     _, dino = distill(v, f, raster, targets, config, _distill_config(settings, settings.dino_steps), device,
                       _stage(progress, 0.15, 0.4), cancel)
     del targets, raster, images
+    # Rounded to float16 now, as stored in the cache, so a cached and a fresh preparation answer alike.
+    dino = _half(dino)
+    if on_dino is not None:
+        on_dino(dino)
 
     if progress:
         progress(0.4, f"rendering {settings.sam_views} views for SAM")
@@ -226,8 +232,7 @@ def _compute_mesh(mesh: Mesh, models: Models, settings: PrepareSettings, device:
     _, sam = distill(v, f, sam_raster, _crop_sam(models.sam, embeddings, settings.sam_size), config,
                      _distill_config(settings, settings.sam_steps), device, _stage(progress, 0.6, 0.75), cancel)
 
-    # Rounded to float16 now, as stored in the cache, so a cached and a fresh preparation answer alike.
-    dino, sam = _half(dino), _half(sam)
+    sam = _half(sam)
     segmenter = SamViewSegmenter(models.sam, embeddings, (settings.sam_size, settings.sam_size))
     iseg = train_iseg(v, f, sam_raster, sam, segmenter, ISegConfig(**settings.iseg), device=device,
                       progress=_stage(progress, 0.75, 1.0), cancel=cancel)
@@ -410,8 +415,9 @@ class Session:
             self._models = load_models(self.profile, self.models_dir, self.device, self.offline)
         return self._models
 
-    def prepare(self, mesh: Mesh, progress: Progress | None = None, cancel: CancelCheck | None = None) -> PreparedMesh:
-        return prepare_mesh(mesh, self.models, self.settings, self.device, self.cache, progress, cancel)
+    def prepare(self, mesh: Mesh, progress: Progress | None = None, cancel: CancelCheck | None = None,
+                on_dino: DinoReady | None = None) -> PreparedMesh:
+        return prepare_mesh(mesh, self.models, self.settings, self.device, self.cache, progress, cancel, on_dino)
 
     def set_image(self, image: ReferenceImage, progress: Progress | None = None,
                   cancel: CancelCheck | None = None) -> PreparedImage:

@@ -20,6 +20,26 @@ def test_default_profile_by_device(device, name):
     assert pipeline.default_profile(torch.device(device)) == name
 
 
+def test_auto_resolves_by_device_in_the_session_and_the_command_line():
+    """The add-on's default is `auto` (no profile named): the engine picks by device, here the CPU's `fast`."""
+    from bsb_addon.engine_client import EngineConfig, build_command
+    from engine.cli import build_parser
+
+    assert EngineConfig().profile == "auto"
+    cmd = build_command(EngineConfig(python=__file__))
+    args = build_parser().parse_args(cmd[cmd.index("serve"):])
+    assert args.profile == "auto"
+    assert pipeline.Session(profile=None, device="cpu", use_cache=False).profile == "fast"
+
+
+def test_descriptions_are_distinct_and_state_models_views_and_cost():
+    assert len({p.description for p in PROFILES.values()}) == len(PROFILES)
+    for p in PROFILES.values():
+        assert p.cost, p.name
+        if not p.random_weights:
+            assert f"on {p.sam_views} views" in p.description and f"on {p.dino_views}" in p.description, p.name
+
+
 def test_profiles_state_their_models_and_views():
     fast, paper = get_profile("fast"), get_profile("paper")
     assert fast.sam_views >= 24 and fast.sam_id and fast.dino_id.endswith("-small")

@@ -179,3 +179,39 @@ def test_empty_masks_lose_and_ties_go_to_the_higher_score():
     all_empty = np.zeros((1, 3, 4, 4), bool)
     _, _, oi, pi = choose_object_part(all_empty, np.array([[0.1, 0.9, 0.2]]))
     assert oi[0] == pi[0] == 1
+
+
+def test_many_prompts_decode_as_segment_anything_decodes_them():
+    """engine.models.prompt_decoder.decode_sam1 (the image's share computed once per call) against
+    segment-anything's own mask decoder: two decoder blocks (the second sees per-prompt image tokens),
+    one and two points with negatives and padding, boxes, one and three masks."""
+    from dataclasses import replace
+
+    from engine.models.prompt_decoder import decode_sam1
+    from engine.models.sam import SAM_SPECS, build_sam
+
+    torch.manual_seed(0)
+    model = build_sam(replace(SAM_SPECS["tiny"], decoder_depth=2)).eval()
+    with torch.no_grad():  # larger than the init's weights (logits and attention far from flat), no zero biases
+        for p in model.mask_decoder.parameters():
+            p.mul_(4.0).add_(0.05 * torch.randn_like(p))
+    model.mask_decoder.double()  # float64, so that the comparison is tight (float32 rounding grows with the weights)
+    embedding = torch.randn(1, 256, 16, 16, dtype=torch.float64)
+    rng = np.random.default_rng(2)
+    n = 6
+    for n_points in (1, 2):
+        pts = torch.tensor(rng.uniform(0, 256, (n, n_points, 2)), dtype=torch.float32)
+        labels = torch.tensor(rng.integers(-1, 2, (n, n_points)))
+        labels[:, 0] = 1
+        boxes = torch.tensor([[10.0, 20, 200, 180]] * n)
+        for box in (None, boxes):
+            for multimask in (True, False):
+                with torch.no_grad():
+                    sparse, dense = model.prompt_encoder(points=(pts, labels), boxes=box, masks=None)
+                    ref, ref_scores = model.mask_decoder(embedding, model.prompt_encoder.get_dense_pe().double(),
+                                                         sparse.double(), dense.double(), multimask)
+                logits, scores = decode_sam1(model, embedding, pts, labels, box, multimask)
+                scale = float(ref.abs().max())
+                assert logits.shape == ref.shape and scale > 1.0
+                torch.testing.assert_close(logits, ref, atol=1e-9 * scale, rtol=1e-9)
+                torch.testing.assert_close(scores, ref_scores, atol=1e-9 * float(ref_scores.abs().max()), rtol=1e-9)

@@ -170,3 +170,61 @@ def test_a_preparation_and_a_click_through_the_pipeline(tmp_path):
     assert tuple(image.sam.shape) == models.sam.embedding_shape
     result = pipeline.match_image(prepared, image, models, [[30.0, 20.0]], [1])
     assert result is not None
+
+
+def test_the_pipeline_crop_keeps_exactly_the_image_embedding(sam):
+    """`_crop_sam` on packed states (B, 256, 4g, g) must give the image embedding `get_image_embeddings`
+    returns (what the SAM field distils), not the stride-4/8 rows packed under it."""
+    from engine.pipeline import _crop_sam
+
+    images = np.stack([_image(64, 64, seed=s) for s in (1, 2)])
+    packed = sam.encode(images)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    x = torch.nn.functional.interpolate(x, (sam.img_size, sam.img_size), mode="bilinear", align_corners=False,
+                                        antialias=True)
+    x = (x.clamp(0, 255).round() / 255 - sam._mean) / sam._std
+    with torch.no_grad():
+        *_, emb = sam.model.get_image_embeddings(x)
+    crop = _crop_sam(sam, packed, 64)
+    assert crop.shape == (2, 256, sam.grid, sam.grid)
+    torch.testing.assert_close(crop, emb.float(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["sam2", "edgetam"])
+def test_many_prompts_decode_as_transformers_decodes_them(kind):
+    """engine.models.prompt_decoder (the image's share computed once per call) against transformers' own
+    decoder, prompt by prompt in a batch: two decoder blocks (the second sees per-prompt image tokens),
+    single and two-point prompts with negatives, boxes, one and three masks."""
+    from transformers import EdgeTamModel, Sam2Model
+
+    from engine.models.sam2 import Sam2Segmenter
+    from engine.models.prompt_decoder import decode_sam2
+    from engine.models.tiny import tiny_sam2_config
+
+    torch.manual_seed(0)
+    cfg = tiny_sam2_config(kind)
+    cfg.mask_decoder_config.num_hidden_layers = 2
+    model = (Sam2Model if kind == "sam2" else EdgeTamModel)(cfg)
+    with torch.no_grad():  # larger than the init's weights (logits and attention far from flat), no zero biases
+        for p in model.mask_decoder.parameters():
+            p.mul_(4.0).add_(0.05 * torch.randn_like(p))
+    sam = Sam2Segmenter(model, "test", CPU)
+    sam.set_image(_image(48, 64))
+    rng = np.random.default_rng(1)
+    n = 6
+    for n_points in (1, 2):
+        pts = to_model_frame(torch.tensor(rng.uniform(0, 48, (n, n_points, 2)), dtype=torch.float32), (48, 64), 256)
+        labels = torch.tensor(rng.integers(0, 2, (n, n_points)))
+        labels[:, 0] = 1
+        boxes = to_model_frame(torch.tensor([[4.0, 4, 40, 30]] * n).reshape(n, 2, 2), (48, 64), 256).reshape(n, 4)
+        for box in (None, boxes):
+            for multimask in (True, False):
+                with torch.no_grad():
+                    ref = sam.model(image_embeddings=[t.expand(n, -1, -1, -1) for t in sam._state],
+                                    input_points=pts[:, None], input_labels=labels[:, None],
+                                    input_boxes=None if box is None else box[:, None], multimask_output=multimask)
+                logits, scores = decode_sam2(sam.model, list(sam._state), pts, labels, box, multimask)
+                scale = float(ref.pred_masks.abs().max())
+                assert logits.shape == ref.pred_masks[:, 0].shape and scale > 1.0
+                torch.testing.assert_close(logits, ref.pred_masks[:, 0], atol=1e-4 * scale, rtol=1e-4)
+                torch.testing.assert_close(scores, ref.iou_scores[:, 0], atol=1e-5, rtol=1e-4)

@@ -20,6 +20,10 @@ embedding. Choices:
   step counts and sizes (engine.pipeline._EXTRA); SAM views are capped at 200 because each embedding is
   4 MB (fp32) and ViT-H costs ~0.2-0.5 s/view on a laptop GPU.
 - `tiny`: random weights, tiny architectures; for tests and plumbing checks only, never a result.
+- EdgeTAM's Hugging Face id: `yonigozlan/EdgeTAM-hf`, the checkpoint that transformers itself names for
+  EdgeTamModel (its configuration docstrings and its EdgeTAM integration tests load it). `facebook/EdgeTAM`
+  holds the original-format checkpoint for Meta's own code; its transformers weights sit only in an
+  unmerged pull request (refs/pr/1), so it is not loadable by EdgeTamModel from the main branch.
 - `fast` (default on CPU and Apple MPS, engine.pipeline.default_profile): EdgeTAM, the lightest SAM 2-class
   encoder in transformers (RepViT image encoder), ~4.5x cheaper per view than SAM 2.1-tiny and ~18x cheaper
   than SAM ViT-B here (CPU time, bench/models.py --quick --encoders), which buys 24 SAM views instead of `cpu`'s 4; DINOv2-S/14 with
@@ -79,47 +83,54 @@ class Profile:
 # Per-view model cost on the 2-core VM (python bench/models.py --quick; random weights of the real
 # architectures, fp32, "cpu/thr" = CPU time / threads, a shared and noisy machine).
 PROFILE_COSTS: dict[str, str] = {
-    "fast": "EdgeTAM ~0.7 s (39 GFLOPs) + DINOv2-S ~0.1-1 s per view, ~0.3 s per SAM prompt on 2 CPU cores; "
-            "Spot prepares in ~500 s CPU (iSeg click data ~260 s of it; extrapolated, load 20)",
+    "fast": "EdgeTAM ~0.7 s (39 GFLOPs) + DINOv2-S ~0.1-1 s per view, ~0.15 CPU-s per SAM prompt; Spot "
+            "prepares in ~660 CPU-s per core on 2 cores (iSeg click data ~450 of it, 4.9k prompts; bench/prepare.py "
+            "--quick, extrapolated), first provisional answer after ~96 CPU-s per core (measured)",
     "balanced": "SAM 2.1-tiny ~3.3 s (207 GFLOPs) + DINOv2-B ~0.3-1 s per view on 2 CPU cores",
     "paper": "SAM ViT-H ~6 TFLOPs per view: minutes on a GPU, hours on a CPU",
+    "gpu": "SAM ViT-H + DINOv2-L ~55 s per view on 2 CPU cores (bench/models.py): minutes on a GPU",
+    "cpu": "Spot prepares in ~141 s on 2 CPU cores (SAM ViT-B 74 s of it, bench/prepare.py)",
+    "tiny": "seconds per mesh",
 }
 
 PROFILES: dict[str, Profile] = {
     "gpu": Profile(
-        name="gpu", description="paper setting: DINOv2-L/14 with registers, SAM ViT-H, many views (needs a GPU)",
+        name="gpu", description="GPU, capped views: SAM ViT-H on 200 views + DINOv2-L/14 with registers on 1000 "
+                                "(the paper's models at 512 px SAM renders; `paper` is the CUDA default)",
         dino_id="facebook/dinov2-with-registers-large", dino_input_size=224,
         sam_type="vit_h", sam_checkpoint="sam_vit_h_4b8939.pth",
         dino_views=1000, sam_views=200, sam_input_size=512,
-        field_width=1024, field_depth=4, distill_epochs=3),
+        field_width=1024, field_depth=4, distill_epochs=3, cost=PROFILE_COSTS["gpu"]),
     "cpu": Profile(
-        name="cpu", description="laptop CPU: DINOv2-B/14 with registers, SAM ViT-B on few views (~3 min per mesh)",
+        name="cpu", description="CPU, the earlier default: SAM ViT-B on 4 views + DINOv2-B/14 with registers on 60",
         dino_id="facebook/dinov2-with-registers-base", dino_input_size=224,
         sam_type="vit_b", sam_checkpoint="sam_vit_b_01ec64.pth",
         dino_views=60, sam_views=4, sam_input_size=256,
-        field_width=256, field_depth=3, distill_epochs=3),
+        field_width=256, field_depth=3, distill_epochs=3, cost=PROFILE_COSTS["cpu"]),
     "tiny": Profile(
-        name="tiny", description="RANDOM WEIGHTS, tiny models: tests and plumbing only, results are meaningless",
+        name="tiny", description="RANDOM WEIGHTS, tiny SAM + DINOv2 on a few views: tests and plumbing only, "
+                                 "results are meaningless",
         dino_id="dinov2-tiny-random", dino_input_size=56,
         sam_type="tiny", sam_checkpoint="sam_tiny_random.pth",
         dino_views=8, sam_views=4, sam_input_size=64,
-        field_width=32, field_depth=1, distill_epochs=1, random_weights=True),
+        field_width=32, field_depth=1, distill_epochs=1, random_weights=True, cost=PROFILE_COSTS["tiny"]),
     "fast": Profile(
-        name="fast", description="CPU / Apple default: EdgeTAM on 24 views, DINOv2-S/14 with registers",
+        name="fast", description="CPU / Apple default: EdgeTAM on 24 views + DINOv2-S/14 with registers on 100",
         dino_id="facebook/dinov2-with-registers-small", dino_input_size=224,
         sam_type="edgetam", sam_checkpoint="", sam_id="yonigozlan/EdgeTAM-hf",
         dino_views=100, sam_views=24, sam_input_size=512,
         field_width=256, field_depth=3, distill_epochs=3,
         cost=PROFILE_COSTS["fast"]),
     "balanced": Profile(
-        name="balanced", description="CPU, more time: SAM 2.1-tiny on 24 views, DINOv2-B/14 with registers",
+        name="balanced", description="CPU, more time: SAM 2.1-tiny on 24 views + DINOv2-B/14 with registers on 100",
         dino_id="facebook/dinov2-with-registers-base", dino_input_size=224,
         sam_type="sam2.1-hiera-tiny", sam_checkpoint="", sam_id="facebook/sam2.1-hiera-tiny",
         dino_views=100, sam_views=24, sam_input_size=512,
         field_width=256, field_depth=3, distill_epochs=3,
         cost=PROFILE_COSTS["balanced"]),
     "paper": Profile(
-        name="paper", description="CUDA default, the reference: DINOv2-L/14 with registers, SAM ViT-H, 1000 views each",
+        name="paper", description="CUDA default, the reference: SAM ViT-H on 1000 views + DINOv2-L/14 with registers "
+                                  "on 1000",
         dino_id="facebook/dinov2-with-registers-large", dino_input_size=224,
         sam_type="vit_h", sam_checkpoint="sam_vit_h_4b8939.pth",
         dino_views=1000, sam_views=1000, sam_input_size=224,

@@ -23,6 +23,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 from engine.errors import BsbError, ImageError, ModelMissingError
 from engine.models import autocast
+from engine.models.prompt_decoder import decode_sam1
 
 PATCH = 16  # SAM's ViT patch size: the embedding grid is img_size / 16
 
@@ -235,13 +236,21 @@ class SamSegmenter(CachedImageSegmenter):
         for s in range(0, n, self.prompt_batch):
             sl = slice(s, s + self.prompt_batch)
             with autocast(self.device):
-                masks, scores, logits = self._predictor.predict_torch(
-                    point_coords=None if points is None else points[sl].to(self.device),
-                    point_labels=None if labels is None else labels[sl].to(self.device),
-                    boxes=None if boxes is None else boxes[sl].to(self.device),
-                    mask_input=None if mask_input is None else mask_input[sl].to(self.device),
-                    multimask_output=multimask,
-                )
+                if mask_input is None:  # the image's share of the decoder computed once for the batch
+                    logits, scores = decode_sam1(self.sam, self._predictor.features,
+                                                 None if points is None else points[sl].to(self.device),
+                                                 None if labels is None else labels[sl].to(self.device),
+                                                 None if boxes is None else boxes[sl].to(self.device), multimask)
+                    masks = self.sam.postprocess_masks(logits, self._predictor.input_size,
+                                                       self._predictor.original_size) > self.sam.mask_threshold
+                else:
+                    masks, scores, logits = self._predictor.predict_torch(
+                        point_coords=None if points is None else points[sl].to(self.device),
+                        point_labels=None if labels is None else labels[sl].to(self.device),
+                        boxes=None if boxes is None else boxes[sl].to(self.device),
+                        mask_input=mask_input[sl].to(self.device),
+                        multimask_output=multimask,
+                    )
             parts.append((masks.cpu().numpy(), scores.float().cpu().numpy(), logits.float().cpu().numpy()))
         return MaskSet(masks=np.concatenate([p[0] for p in parts]),
                        scores=np.concatenate([p[1] for p in parts]).astype(np.float32),

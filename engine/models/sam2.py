@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from engine.errors import BsbError, ModelMissingError
 from engine.models import autocast
 from engine.models.sam import CachedImageSegmenter, MaskSet, _check_images, _prompt_count
+from engine.models.prompt_decoder import decode_sam2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -166,19 +167,25 @@ class Sam2Segmenter(CachedImageSegmenter):
         for s in range(0, n, self.prompt_batch):
             sl = slice(s, s + self.prompt_batch)
             b = len(range(n)[sl])
-            state = [t.expand(b, -1, -1, -1) for t in self._state]  # one image, b prompts in the batch
             with autocast(self.device):
-                out = self.model(
-                    image_embeddings=state,
-                    input_points=None if points is None else points[sl].to(self.device),
-                    input_labels=None if labels is None else labels[sl].to(self.device),
-                    input_boxes=None if boxes is None else boxes[sl].to(self.device),
-                    input_masks=None if mask_input is None else mask_input[sl].to(self.device),
-                    multimask_output=multimask,
-                )
-            low = out.pred_masks[:, 0].float().clamp(-LOGIT_CLAMP, LOGIT_CLAMP)  # (b, K, 4g, 4g)
+                if mask_input is None:  # the image's share of the decoder computed once for the b prompts
+                    low, scores = decode_sam2(self.model, list(self._state),
+                                               None if points is None else points[sl, 0].to(self.device),
+                                               None if labels is None else labels[sl, 0].to(self.device),
+                                               None if boxes is None else boxes[sl, 0].to(self.device), multimask)
+                else:
+                    out = self.model(
+                        image_embeddings=[t.expand(b, -1, -1, -1) for t in self._state],  # one image, b prompts
+                        input_points=None if points is None else points[sl].to(self.device),
+                        input_labels=None if labels is None else labels[sl].to(self.device),
+                        input_boxes=None if boxes is None else boxes[sl].to(self.device),
+                        input_masks=mask_input[sl].to(self.device),
+                        multimask_output=multimask,
+                    )
+                    low, scores = out.pred_masks[:, 0], out.iou_scores[:, 0]
+            low = low.float().clamp(-LOGIT_CLAMP, LOGIT_CLAMP)  # (b, K, 4g, 4g)
             masks = logits_to_image(low, hw) > 0.0
-            parts.append((masks.cpu().numpy(), out.iou_scores[:, 0].float().cpu().numpy(), low.cpu().numpy()))
+            parts.append((masks.cpu().numpy(), scores.float().cpu().numpy(), low.cpu().numpy()))
         return MaskSet(masks=np.concatenate([p[0] for p in parts]),
                        scores=np.concatenate([p[1] for p in parts]).astype(np.float32),
                        logits=np.concatenate([p[2] for p in parts]).astype(np.float32))

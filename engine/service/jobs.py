@@ -16,6 +16,7 @@ import numpy as np
 
 from engine.errors import BsbError, NotFoundError, io_error
 from engine.pipeline import PreparedImage, PreparedMesh, Session
+from engine.provisional import is_provisional, prepare_early
 from engine.service import protocol
 from engine.service.inputs import check_clicks, check_query, job_folder, require_file
 from engine.service.server import Handler
@@ -121,13 +122,36 @@ def make_handlers(state: EngineState) -> dict[str, Handler]:
             faces = load_npy(spec["npy_faces"], "npy_faces", 3, "iu")
             mesh = mesh_from_arrays(vertices, faces, up=request.get("up", "z"))
         start = time.monotonic()
-        prepared = session.prepare(mesh, progress, cancel)
+        if request.get("early"):
+            prepared = _prepare_early(mesh, progress, cancel)
+        else:
+            prepared = session.prepare(mesh, progress, cancel)
         mesh_id = f"mesh-{prepared.key[:16]}"
         state.meshes[mesh_id] = prepared
         return _with_warnings(session, {
             "mesh_id": mesh_id, "cached": prepared.cached, "n_vertices": mesh.num_vertices,
             "n_faces": mesh.num_faces, "seconds": round(time.monotonic() - start, 3),
             "name": request.get("name", "")})
+
+    def _prepare_early(mesh, progress: Callable, cancel: Callable) -> PreparedMesh:
+        """Announce a provisional mesh (a progress event with `mesh_id`, `provisional: true`) as soon as the
+        DINO field exists; the server then lets set_image/match/refine through between the next steps."""
+        announced: list[str] = []
+
+        def announce(early: PreparedMesh) -> None:
+            mesh_id = f"mesh-{early.key[:16]}"
+            state.meshes.setdefault(mesh_id, early)  # a final mesh already here stays
+            announced.append(mesh_id)
+            progress(0.4, "the DINO field is ready: clicks get provisional answers", mesh_id=mesh_id,
+                     provisional=True)
+
+        try:
+            return prepare_early(session, mesh, announce, progress, cancel)
+        except BaseException:
+            for mesh_id in announced:  # no final mesh will replace it: keep no half-prepared mesh
+                if mesh_id in state.meshes and is_provisional(state.meshes[mesh_id]):
+                    del state.meshes[mesh_id]
+            raise
 
     def set_image(request: dict[str, Any], progress: Callable, cancel: Callable) -> dict[str, Any]:
         from engine.images import load_image
@@ -146,7 +170,9 @@ def make_handlers(state: EngineState) -> dict[str, Handler]:
             image.image.original_size)
         folder = job_folder(request["job_dir"])
         result = session.match(mesh, image, points, labels, box, min_confidence, progress, cancel)
-        return _match_data(result, folder, "", mesh.mesh.num_vertices, image.image.original_size)
+        data = _match_data(result, folder, "", mesh.mesh.num_vertices, image.image.original_size)
+        data["provisional"] = is_provisional(mesh)
+        return data
 
     def refine(request: dict[str, Any], progress: Callable, cancel: Callable) -> dict[str, Any]:
         mesh = _mesh(state, request)
@@ -154,7 +180,7 @@ def make_handlers(state: EngineState) -> dict[str, Handler]:
         folder = job_folder(request["job_dir"])
         weights, mask = session.refine(mesh, clicks)
         return {"weights": save_array(folder, "weights", weights), "mask": save_array(folder, "vertex_mask", mask),
-                "n_selected": int(mask.sum())}
+                "n_selected": int(mask.sum()), "provisional": is_provisional(mesh)}
 
     def match_all(request: dict[str, Any], progress: Callable, cancel: Callable) -> dict[str, Any]:
         mesh, image = _mesh(state, request), _image(state, request)
@@ -165,7 +191,7 @@ def make_handlers(state: EngineState) -> dict[str, Handler]:
             data = _match_data(result, folder, f"region{i:03d}_", mesh.mesh.num_vertices, image.image.original_size)
             data["name"] = result.name or f"region {i + 1}"
             regions.append(data)
-        return {"regions": regions}
+        return {"regions": regions, "provisional": is_provisional(mesh)}
 
     def shape_to_image(request: dict[str, Any], progress: Callable, cancel: Callable) -> dict[str, Any]:
         mesh, image = _mesh(state, request), _image(state, request)
@@ -173,7 +199,7 @@ def make_handlers(state: EngineState) -> dict[str, Handler]:
         region = session.shape_to_image(mesh, image, request["vertices"], progress, cancel)
         return {"found": region.found, "pixel": None if region.pixel is None else [float(c) for c in region.pixel],
                 "mask": save_array(folder, "image_mask", region.mask), "confidence": round(region.confidence, 6),
-                "reason": region.match.reason}
+                "reason": region.match.reason, "provisional": is_provisional(mesh)}
 
     from engine.service import parts_jobs
 

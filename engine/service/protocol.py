@@ -135,9 +135,10 @@ def hello(engine: str, device: str, device_name: str, torch_version: str, profil
             "random_weights": bool(random_weights)}
 
 
-def progress(request_id: str, fraction: float, message: str) -> dict[str, Any]:
+def progress(request_id: str, fraction: float, message: str, **extra: Any) -> dict[str, Any]:
+    """`extra`: plain JSON fields a job adds to one event (a prepare's provisional `mesh_id`)."""
     fraction = 0.0 if not math.isfinite(fraction) else min(1.0, max(0.0, float(fraction)))
-    return {"type": "progress", "id": request_id, "fraction": fraction, "message": str(message)}
+    return {**extra, "type": "progress", "id": request_id, "fraction": fraction, "message": str(message)}
 
 
 def result(request_id: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -206,7 +207,8 @@ def _phrase(value: Any) -> bool:
 SCHEMAS: dict[str, dict[str, tuple[Callable[[Any], bool], str, bool]]] = {
     "prepare": {"mesh": (_mesh, '{"path": str} or {"npy_vertices": str, "npy_faces": str}', True),
                 "up": (lambda v: v in ("y", "z"), '"y" or "z"', False),
-                "name": (lambda v: isinstance(v, str), "a string", False)},
+                "name": (lambda v: isinstance(v, str), "a string", False),
+                "early": (lambda v: isinstance(v, bool), "true or false", False)},
     "set_image": {"path": (_str, "an image file path", True)},
     "match": {"mesh_id": (_str, "a mesh id from prepare", True),
               "image_id": (_str, "an image id from set_image", True),

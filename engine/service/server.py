@@ -26,6 +26,10 @@ CancelCheck = Callable[[], bool]
 Handler = Callable[[dict[str, Any], Progress, CancelCheck], dict[str, Any]]
 
 PROGRESS_INTERVAL_S = 0.1
+# Quick jobs that a running `prepare` with `"early": true` lets through at its steps, so that the provisional
+# mesh it announces can be clicked while its SAM and iSeg stages go on (engine.provisional). They run in
+# the job thread, between two steps of the prepare: the models are never used by two jobs at once.
+INTERLEAVED = frozenset({"set_image", "match", "refine"})
 
 
 @dataclass
@@ -76,27 +80,44 @@ def serve(handlers: Mapping[str, Handler], hello: dict[str, Any], stdin: BinaryI
                 break
             job = state.queue.popleft()
             state.running = job
-        final = run_job(job, handlers[job.request["type"]], channel)
+        interleave = None
+        if job.request.get("early"):
+            interleave = lambda: _run_interleaved(state, handlers, channel)  # noqa: E731
+        final = run_job(job, handlers[job.request["type"]], channel, interleave)
         with state.cond:  # not busy any more by the time the client reads the answer
             state.running = None
         channel.send(final)
     return 0
 
 
-def run_job(job: Job, handler: Handler, channel: Channel) -> dict[str, Any]:
-    """Run one job; returns its final message (result or error) for the caller to send."""
+def _run_interleaved(state: _State, handlers: Mapping[str, Handler], channel: Channel) -> None:
+    """Run the INTERLEAVED jobs at the head of the queue now (never past another job: order is kept)."""
+    while True:
+        with state.cond:
+            if state.stop or not state.queue or state.queue[0].request["type"] not in INTERLEAVED:
+                return
+            job = state.queue.popleft()
+        channel.send(run_job(job, handlers[job.request["type"]], channel))
+
+
+def run_job(job: Job, handler: Handler, channel: Channel,
+             interleave: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Run one job; returns its final message (result or error) for the caller to send.
+    `interleave` runs at each of the job's progress steps (see INTERLEAVED)."""
     last = [0.0]
 
     def cancelled() -> bool:
         return job.cancel.is_set() or channel.broken
 
-    def report(fraction: float, message: str) -> None:
+    def report(fraction: float, message: str, **extra: Any) -> None:
         now = time.monotonic()
-        if fraction >= 1.0 or now - last[0] >= PROGRESS_INTERVAL_S:
+        if extra or fraction >= 1.0 or now - last[0] >= PROGRESS_INTERVAL_S:
             last[0] = now
-            channel.send(protocol.progress(job.id, fraction, message))
+            channel.send(protocol.progress(job.id, fraction, message, **extra))
         if cancelled():
             raise Cancelled()
+        if interleave is not None:
+            interleave()
 
     kind = job.request["type"]
     start = time.monotonic()

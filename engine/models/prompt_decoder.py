@@ -1,0 +1,175 @@
+"""SAM's mask decoder for many point/box prompts on ONE image, with the prompt-independent work done once;
+for SAM 2 / EdgeTAM (transformers) and SAM 1 (segment-anything), whose decoders are the same network.
+
+Why: iSeg's training data (thousands of prompts per mesh) and every BSB click (one prompt per candidate)
+decode many prompts per image, and both libraries' decoders repeat all of their image-side work for each
+prompt (a copy of the 64 x 64 x 256 embedding, four 256 -> 128 projections of it per block). Here:
+- the first block's image-side projections (keys and values the prompt tokens attend to, queries of the
+  image-to-token attention) depend on the image only: they are computed once per call;
+- where the image tokens differ per prompt, attention between the few prompt tokens (t <= 10, 8 heads)
+  and the 4096 image tokens is reassociated so that no full-width projection of the image tokens is
+  needed: softmax(q Wk X^T) (X Wv^T) = softmax((q Wk) X^T) X Wv^T (a softmax row sums to 1, so the value
+  bias passes through), and o_proj(softmax(.) V) = softmax(.) (V Wo^T).
+Same numbers as the libraries' decoders up to float rounding (tests/test_sam2.py, tests/test_sam.py
+compare them). Mask prompts (a dense embedding per prompt) take the libraries' own paths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where each library keeps the same parts of the decoder."""
+
+    norm: str  # prefix of a block's four layer norms
+    final_norm: str
+    first_mask_token: int  # output tokens: [object score (SAM 2 only)], IoU, masks
+
+
+SAM2_LAYOUT = _Layout("layer_norm", "layer_norm_final_attn", 2)
+SAM1_LAYOUT = _Layout("norm", "norm_final_attn", 1)
+
+
+def _parts(attn) -> tuple[int, int, float, torch.nn.Linear]:
+    """heads, head width, softmax scaling and output projection of either library's attention module."""
+    heads = int(getattr(attn, "num_attention_heads", getattr(attn, "num_heads", 0)))
+    d = attn.q_proj.out_features // heads
+    out = attn.o_proj if hasattr(attn, "o_proj") else attn.out_proj
+    return heads, d, d ** -0.5, out
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(n, L, heads * d) -> (n, heads, L, d)."""
+    n, length, width = x.shape
+    return x.view(n, length, heads, width // heads).transpose(1, 2)
+
+
+def _attend(attn, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Plain attention among prompt tokens (n, t, C): the self-attention, cheap as it is."""
+    h, _, scaling, out = _parts(attn)
+    q, k, v = (_split_heads(p(x), h) for p, x in ((attn.q_proj, queries), (attn.k_proj, keys), (attn.v_proj, values)))
+    w = torch.softmax(q @ k.transpose(-1, -2) * scaling, dim=-1)
+    return out((w @ v).transpose(1, 2).reshape(queries.shape[0], queries.shape[1], -1))
+
+
+def _tokens_to_image(attn, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """`attn(query=queries, key=keys, value=values)` for queries (n, t, C) on image tokens (1 or n, N, C)."""
+    h, d, scaling, o_proj = _parts(attn)
+    n, t, c = queries.shape
+    q = _split_heads(attn.q_proj(queries), h)  # (n, h, t, d)
+    if keys.shape[0] == 1:  # the same image tokens for every prompt: project them once
+        k = _split_heads(attn.k_proj(keys), h)
+        v = _split_heads(attn.v_proj(values), h)
+        w = torch.softmax(q @ k.transpose(-1, -2) * scaling, dim=-1)
+        out = w @ v  # (n, h, t, d)
+    else:  # per-prompt image tokens: (q Wk) against them, then their weighted mean through Wv
+        # (the key bias adds q . bk to a whole row of scores: the softmax over image tokens ignores it)
+        a = torch.einsum("nhtd,hdc->nhtc", q, attn.k_proj.weight.view(h, d, c))
+        scores = (a.reshape(n, h * t, c) @ keys.transpose(1, 2)).view(n, h, t, -1)
+        w = torch.softmax(scores * scaling, dim=-1)
+        mean = (w.reshape(n, h * t, -1) @ values).view(n, h, t, c)
+        out = torch.einsum("nhtc,hdc->nhtd", mean, attn.v_proj.weight.view(h, d, c)) + attn.v_proj.bias.view(h, 1, d)
+    return o_proj(out.transpose(1, 2).reshape(n, t, h * d))
+
+
+def _image_to_tokens(attn, image: torch.Tensor, token_keys: torch.Tensor, token_values: torch.Tensor) -> torch.Tensor:
+    """`attn(query=image, key=token_keys, value=token_values)` for image tokens (1 or n, N, C) attending to
+    prompt tokens (n, t, C). Returns (n, N, C)."""
+    h, d, scaling, o_proj = _parts(attn)
+    n, t, c = token_keys.shape
+    k = _split_heads(attn.k_proj(token_keys), h)  # (n, h, t, d)
+    v = _split_heads(attn.v_proj(token_values), h)
+    if image.shape[0] == 1:  # one projection of the image for every prompt
+        scores = _split_heads(attn.q_proj(image), h) @ k.transpose(-1, -2)  # (n, h, N, t)
+    else:  # (X Wq^T + bq) . k = X (Wq^T k) + bq . k, per head
+        m = torch.einsum("hdc,nhtd->ncht", attn.q_proj.weight.view(h, d, c), k).reshape(n, c, h * t)
+        bias = torch.einsum("hd,nhtd->nht", attn.q_proj.bias.view(h, d), k).reshape(n, 1, h * t)
+        scores = (image @ m + bias).view(n, -1, h, t).transpose(1, 2)
+    w = torch.softmax(scores * scaling, dim=-1)  # (n, h, N, t)
+    vo = torch.einsum("nhtd,chd->nhtc", v, o_proj.weight.view(c, h, d))  # each token's value through o_proj
+    return w.transpose(1, 2).reshape(n, -1, h * t) @ vo.reshape(n, h * t, c) + o_proj.bias
+
+
+def _two_way(transformer, layout: _Layout, tokens: torch.Tensor, image: torch.Tensor, pos: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two-way transformer: prompt tokens (n, t, C), image tokens and their positions (1, N, C) ->
+    the tokens (n, t, C) and the image tokens (n, N, C) after it."""
+    queries, keys = tokens, image
+    for layer in transformer.layers:
+        norm = [getattr(layer, f"{layout.norm}{i}") for i in range(1, 5)]
+        if layer.skip_first_layer_pe:
+            queries = _attend(layer.self_attn, queries, queries, queries)
+        else:
+            q = queries + tokens
+            queries = queries + _attend(layer.self_attn, q, q, queries)
+        queries = norm[0](queries)
+        keys_pos = keys + pos
+        queries = norm[1](queries + _tokens_to_image(layer.cross_attn_token_to_image, queries + tokens, keys_pos, keys))
+        queries = norm[2](queries + layer.mlp(queries))
+        keys = norm[3](keys + _image_to_tokens(layer.cross_attn_image_to_token, keys_pos, queries + tokens, queries))
+    final = _tokens_to_image(transformer.final_attn_token_to_image, queries + tokens, keys + pos, keys)
+    return getattr(transformer, layout.final_norm)(queries + final), keys
+
+
+def _masks(decoder, layout: _Layout, queries: torch.Tensor, upscaled: torch.Tensor
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """All mask tokens' low-resolution logits (n, M, 4g, 4g) and IoU scores (n, M)."""
+    first = layout.first_mask_token
+    hyper = torch.stack([mlp(queries[:, first + i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], 1)
+    masks = (hyper @ upscaled.flatten(2)).view(queries.shape[0], -1, *upscaled.shape[-2:])
+    return masks, decoder.iou_prediction_head(queries[:, first - 1])
+
+
+@torch.inference_mode()
+def decode_sam2(model, state: list[torch.Tensor], points: torch.Tensor | None, labels: torch.Tensor | None,
+                boxes: torch.Tensor | None, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """n prompts on one image through a transformers Sam2Model / EdgeTamModel. state: [s0 (1,32,4g,4g),
+    s1 (1,64,2g,2g), embedding (1,256,g,g)]; points (n, P, 2) and labels (n, P) in the model's frame, boxes
+    (n, 4). Returns the logits (n, K, 4g, 4g) and scores (n, K) that `model(...)` gives as
+    pred_masks[:, 0] / iou_scores[:, 0]."""
+    decoder = model.mask_decoder
+    s0, s1, embedding = state
+    sparse, dense = model.prompt_encoder(
+        input_points=None if points is None else points[None], input_labels=None if labels is None else labels[None],
+        input_boxes=None if boxes is None else boxes[None], input_masks=None)
+    sparse = sparse[0]  # (n, s, C)
+    n, c = sparse.shape[0], sparse.shape[-1]
+    out_tokens = torch.cat([decoder.obj_score_token.weight, decoder.iou_token.weight, decoder.mask_tokens.weight])
+    tokens = torch.cat([out_tokens.expand(n, -1, -1), sparse.to(out_tokens.dtype)], dim=1)  # (n, t, C)
+    image = (embedding + dense).flatten(2).transpose(1, 2)  # (1, N, C)
+    pos = model.get_image_wide_positional_embeddings().flatten(2).transpose(1, 2)
+    queries, keys = _two_way(decoder.transformer, SAM2_LAYOUT, tokens, image, pos)
+    grid = keys.transpose(1, 2).reshape(n, c, *embedding.shape[-2:])
+    up = decoder.activation(decoder.upscale_layer_norm(decoder.upscale_conv1(grid) + s1))
+    masks, scores = _masks(decoder, SAM2_LAYOUT, queries, decoder.activation(decoder.upscale_conv2(up) + s0))
+    if multimask:
+        return masks[:, 1:], scores[:, 1:]
+    if decoder.dynamic_multimask_via_stability and not decoder.training:
+        masks, scores = decoder._dynamic_multimask_via_stability(masks[None], scores[None])
+        return masks[0], scores[0]
+    return masks[:, :1], scores[:, :1]
+
+
+@torch.inference_mode()
+def decode_sam1(sam, embedding: torch.Tensor, points: torch.Tensor | None, labels: torch.Tensor | None,
+                boxes: torch.Tensor | None, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """n prompts on one image through a segment-anything Sam. embedding (1, 256, g, g); points (n, P, 2),
+    labels (n, P) and boxes (n, 4) in the model's input frame. Returns the low-resolution logits
+    (n, K, 4g, 4g) and scores (n, K) that `sam.mask_decoder(...)` gives."""
+    decoder = sam.mask_decoder
+    sparse, dense = sam.prompt_encoder(points=None if points is None else (points, labels), boxes=boxes, masks=None)
+    n, c = sparse.shape[0], sparse.shape[-1]
+    out_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight])
+    dtype = out_tokens.dtype  # the prompt encoder answers in float32 whatever the decoder's precision
+    tokens = torch.cat([out_tokens.expand(n, -1, -1), sparse.to(dtype)], dim=1)
+    image = (embedding + dense[:1]).to(dtype).flatten(2).transpose(1, 2)  # no mask prompt: one dense embedding
+    pos = sam.prompt_encoder.get_dense_pe().to(dtype).flatten(2).transpose(1, 2)
+    queries, keys = _two_way(decoder.transformer, SAM1_LAYOUT, tokens, image, pos)
+    upscaled = decoder.output_upscaling(keys.transpose(1, 2).reshape(n, c, *embedding.shape[-2:]))
+    masks, scores = _masks(decoder, SAM1_LAYOUT, queries, upscaled)
+    keep = slice(1, None) if multimask else slice(0, 1)
+    return masks[:, keep], scores[:, keep]
