@@ -243,8 +243,10 @@ class RemoteClient:
         digest.update(json.dumps(fields, sort_keys=True).encode())
         return fields, raws, (self.instance, kind, digest.hexdigest())
 
-    def request(self, kind: str, progress=None, cancel=None, timeout: float | None = None, **fields) -> dict:
-        return self.send(kind, **fields).wait(progress=progress, cancel=cancel, timeout=timeout)
+    def request(self, kind: str, progress=None, cancel=None, timeout: float | None = None, on_event=None,
+                **fields) -> dict:
+        """As EngineClient.request; `on_event` gets whole progress messages (an early prepare's mesh id)."""
+        return self.send(kind, **fields).wait(progress=progress, cancel=cancel, timeout=timeout, on_event=on_event)
 
     def cancel(self, request_id: str) -> None:
         try:
