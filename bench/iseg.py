@@ -54,26 +54,28 @@ def load(name: str, labels: str):
     return mesh, np.loadtxt(PSB / labels, dtype=np.int64)
 
 
-def oracle_case(name: str, label_file: str, clicks: int) -> dict:
-    """Train with the shipped cpu settings on one mesh and score `clicks` random interior clicks."""
+def oracle_case(name: str, label_file: str, clicks: int, overrides: dict | None = None) -> dict:
+    """Train with the shipped cpu settings (iSeg `overrides` win) on one mesh and score `clicks` random
+    interior clicks."""
     settings = settings_for("cpu")
     mesh, labels = load(name, label_file)
     raster = rasterize(mesh.vertices, mesh.faces, sphere_views(settings.sam_views, "uniform"), settings.sam_size)
     features = distilled_planted_features(mesh.vertices, mesh.faces, raster, dim=64, sigma=2.0, steps=300)
     t = time.perf_counter()
     model = train_iseg(mesh.vertices, mesh.faces, raster, features, OracleViewSegmenter(labels, raster),
-                       ISegConfig(**settings.iseg))
+                       ISegConfig(**{**settings.iseg, **(overrides or {})}))
     seconds = time.perf_counter() - t
     n = len(mesh.vertices)
     vlab = vertex_labels(mesh.faces, labels, n)
-    picks = np.random.default_rng(7).choice(np.nonzero(interior_vertices(mesh.faces, labels, n))[0], clicks,
-                                            replace=False)
+    inner = interior_vertices(mesh.faces, labels, n)
+    picks = np.random.default_rng(7).choice(np.nonzero(inner)[0], clicks, replace=False)
     out = {"train_s": seconds}
     for connected, region in ((True, "one"), (False, "all")):
         out[f"otsu_{region}"] = single_click_ious(model, mesh.faces, vlab, picks, "otsu", connected)
         out[f"fixed_{region}"] = single_click_ious(model, mesh.faces, vlab, picks, "fixed", connected)
-        out[f"corrections_{region}"] = np.array([corrected_ious(model, mesh.faces, vlab, int(v), CORRECTIONS,
-                                                                connected=connected) for v in picks])
+        out[f"corrections_{region}"] = np.array([corrected_ious(model, mesh.vertices, mesh.faces, vlab, int(v),
+                                                                CORRECTIONS, connected=connected, clickable=inner)
+                                                 for v in picks])
     return out
 
 
@@ -128,13 +130,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 meshes x 8 clicks, short timing runs")
     parser.add_argument("--oracle-only", action="store_true", help="skip the timing rows")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=INT",
+                        help="override an integer iSeg setting of the cpu profile (a sweep point), e.g. steps=600")
     args = parser.parse_args()
+    overrides = {k: int(v) for k, v in (item.split("=", 1) for item in args.set)}
     meshes = QUICK if args.quick else FULL
     clicks = 8 if args.quick else 16
     rows, cases = [], {}
     for name, label_file in meshes:
-        case = oracle_case(name, label_file, clicks)
-        print(name, {k: np.round(np.mean(v, 0), 3).tolist() for k, v in case.items()}, file=sys.stderr, flush=True)
+        case = oracle_case(name, label_file, clicks, overrides)
+        print(name, {k: np.round(np.mean(v, 0) if np.ndim(v) else v, 3).tolist() for k, v in case.items()},
+              file=sys.stderr, flush=True)
         cases[name] = case
         region = "one" if CONNECTED_DEFAULT else "all"
         rows.append((f"{name}: IoU 1 click, Otsu / 0.5, one piece", f"{case['otsu_one'].mean():.3f}",
@@ -175,7 +181,8 @@ def main() -> None:
     print(f"{'measure':<{width}}  {'value':>8}  note")
     for name, value, note in rows:
         print(f"{name:<{width}}  {value:>8}  {note}")
-    print(json.dumps({**result, "quick": bool(args.quick)}))
+    result["train_s_per_mesh"] = round(float(np.mean([c["train_s"] for c in cases.values()])), 1)
+    print(json.dumps({**result, "iseg": {**settings_for("cpu").iseg, **overrides}, "quick": bool(args.quick)}))
 
 
 if __name__ == "__main__":

@@ -308,7 +308,18 @@ def _check_vertices(prepared: PreparedMesh, vertices) -> None:
 
 
 def _seed(prepared: PreparedMesh) -> Callable[[int], np.ndarray]:
-    return lambda vertex: prepared.iseg.predict([(int(vertex), True)])
+    """iSeg from one positive click at a BSB winner, with the region choice `refine` makes
+    (CONNECTED_DEFAULT): above-0.5 islands apart from the winner's piece are set to 0, so the seeded
+    selection (p >= 0.5) is the one a click on that vertex would give."""
+    from engine.iseg.postprocess import select_vertices
+
+    def seed(vertex: int) -> np.ndarray:
+        clicks = [(int(vertex), True)]
+        weights = np.asarray(prepared.iseg.predict(clicks), np.float32)
+        keep = select_vertices(weights, prepared.mesh.faces, clicks, "fixed", 0.5)
+        return np.where(keep | (weights < 0.5), weights, 0.0).astype(np.float32)
+
+    return seed
 
 
 def match_image(prepared: PreparedMesh, image: PreparedImage, models: Models, points, labels, box=None,
