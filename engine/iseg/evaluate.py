@@ -137,18 +137,24 @@ def corrective_click(vertices: np.ndarray, faces: np.ndarray, selected: np.ndarr
     return int(inside[int(far.argmax())]), positive
 
 
+STOP_IOU = 0.9  # the simulated user is satisfied at this IoU (as in the NoC@90 protocol of interactive segmentation)
+
+
 def correction_run(model: ISegModel, vertices: np.ndarray, faces: np.ndarray, labels: np.ndarray, first: int,
                    corrections: int = 3, method: str = "otsu", connected: bool | None = None,
-                   clickable: np.ndarray | None = None) -> list[tuple[list[tuple[int, bool]], np.ndarray]]:
+                   clickable: np.ndarray | None = None,
+                   stop_iou: float | None = STOP_IOU) -> list[tuple[list[tuple[int, bool]], np.ndarray]]:
     """A simulated user on the part of vertex `first` (vertex labels `labels`): (clicks, selection) after its
-    click and after each of up to `corrections` corrective clicks (fewer when nothing is left to correct)."""
+    click and after each of up to `corrections` corrective clicks; fewer when nothing is left to correct or
+    the selection reached `stop_iou` (None: the user keeps correcting whatever is wrong)."""
     target = labels == labels[first]
     clicks = [(int(first), True)]
     out = []
     for k in range(corrections + 1):
         selected = select_vertices(model.predict(clicks), faces, clicks, method, connected=connected)
         out.append((list(clicks), selected))
-        nxt = corrective_click(vertices, faces, selected, target, clickable) if k < corrections else None
+        done = k == corrections or (stop_iou is not None and iou(selected, target) >= stop_iou)
+        nxt = None if done else corrective_click(vertices, faces, selected, target, clickable)
         if nxt is None:
             break
         clicks.append(nxt)
@@ -157,10 +163,10 @@ def correction_run(model: ISegModel, vertices: np.ndarray, faces: np.ndarray, la
 
 def corrected_ious(model: ISegModel, vertices: np.ndarray, faces: np.ndarray, labels: np.ndarray, first: int,
                    corrections: int = 3, method: str = "otsu", connected: bool | None = None,
-                   clickable: np.ndarray | None = None) -> np.ndarray:
+                   clickable: np.ndarray | None = None, stop_iou: float | None = STOP_IOU) -> np.ndarray:
     """(corrections + 1,) IoU with the part of vertex `first` after its click and each corrective click
-    (a selection with nothing left to correct keeps its IoU for the clicks it no longer needs)."""
+    (a selection the user stopped at keeps its IoU for the clicks it no longer needs)."""
     target = labels == labels[first]
     ious = [iou(sel, target) for _, sel in correction_run(model, vertices, faces, labels, first, corrections, method,
-                                                           connected, clickable)]
+                                                           connected, clickable, stop_iou)]
     return np.asarray(ious + [ious[-1]] * (corrections + 1 - len(ious)))
