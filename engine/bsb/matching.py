@@ -151,8 +151,8 @@ def break_tie(result: MatchResult, cands: Candidates, ious: np.ndarray, seed: Se
     a part SAM outlines cleanly), all of them tie at IoU 1 and the argmax falls to the most similar one,
     which is often a vertex on the seam with a neighbouring part (distilled features blur across seams).
     iSeg seeded there selects the neighbour (or both); the part that matches the tied buddies is the
-    queried one, and its surest buddy lies inside it, away from the seam. Only `TIE_SEEDS` candidates are seeded (each is one decoder pass); the overlap counts
-    every tied one.
+    queried one, and its surest buddy lies inside it, away from the seam. Only `TIE_SEEDS` candidates are
+    seeded (each is one decoder pass); the overlap counts every tied one.
     """
     if seed is None or not result.found or result.winner_vertex is None:
         return
