@@ -6,7 +6,8 @@ Oracle IoU: features are planted smooth random functions of position, distilled 
 their size and the iSeg settings are the shipped cpu profile's (engine.pipeline.settings_for("cpu")),
 with uniform views. One positive click on random interior vertices, Otsu, then IoU against the vertex's
 part (`iseg_true_click_iou`), and after each of 3 corrective clicks, each placed at the centre of the
-largest wrong region as an interactive user would (`iseg_iou_after_corrections`, 0-3 clicks). Also:
+largest wrong region as an interactive user would, on a vertex inside one labelled part, until the IoU
+reaches 0.9 (`iseg_iou_after_corrections`, 0-3 clicks; `..._no_stop`: a user who keeps clicking). Also:
 IoU at the fixed threshold 0.5 (calibration: BSB seeding thresholds there) and both region choices
 (the clicked connected piece vs every piece the decoder selects).
 Per-click time: a 50k-vertex sphere with random 256-d features and the default decoder (weights are
@@ -32,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from engine.cameras import sphere_views  # noqa: E402
 from engine.iseg import ISegConfig, ISegModel, OracleViewSegmenter, select_vertices, train_iseg  # noqa: E402
 from engine.iseg.decoder import ClickDecoder, DecoderConfig  # noqa: E402
-from engine.iseg.evaluate import (corrected_ious, distilled_planted_features, interior_vertices,  # noqa: E402
+from engine.iseg.evaluate import (STOP_IOU, corrected_ious, distilled_planted_features, interior_vertices,  # noqa: E402
                                   single_click_ious, vertex_labels)
 from engine.iseg.train import collect_samples, train_decoder  # noqa: E402
 from engine.mesh import load_mesh  # noqa: E402
@@ -54,26 +55,31 @@ def load(name: str, labels: str):
     return mesh, np.loadtxt(PSB / labels, dtype=np.int64)
 
 
-def oracle_case(name: str, label_file: str, clicks: int) -> dict:
-    """Train with the shipped cpu settings on one mesh and score `clicks` random interior clicks."""
+def oracle_case(name: str, label_file: str, clicks: int, overrides: dict | None = None) -> dict:
+    """Train with the shipped cpu settings (iSeg `overrides` win) on one mesh and score `clicks` random
+    interior clicks."""
     settings = settings_for("cpu")
     mesh, labels = load(name, label_file)
     raster = rasterize(mesh.vertices, mesh.faces, sphere_views(settings.sam_views, "uniform"), settings.sam_size)
     features = distilled_planted_features(mesh.vertices, mesh.faces, raster, dim=64, sigma=2.0, steps=300)
     t = time.perf_counter()
     model = train_iseg(mesh.vertices, mesh.faces, raster, features, OracleViewSegmenter(labels, raster),
-                       ISegConfig(**settings.iseg))
+                       ISegConfig(**{**settings.iseg, **(overrides or {})}))
     seconds = time.perf_counter() - t
     n = len(mesh.vertices)
     vlab = vertex_labels(mesh.faces, labels, n)
-    picks = np.random.default_rng(7).choice(np.nonzero(interior_vertices(mesh.faces, labels, n))[0], clicks,
-                                            replace=False)
+    inner = interior_vertices(mesh.faces, labels, n)
+    picks = np.random.default_rng(7).choice(np.nonzero(inner)[0], clicks, replace=False)
     out = {"train_s": seconds}
     for connected, region in ((True, "one"), (False, "all")):
         out[f"otsu_{region}"] = single_click_ious(model, mesh.faces, vlab, picks, "otsu", connected)
         out[f"fixed_{region}"] = single_click_ious(model, mesh.faces, vlab, picks, "fixed", connected)
-        out[f"corrections_{region}"] = np.array([corrected_ious(model, mesh.faces, vlab, int(v), CORRECTIONS,
-                                                                connected=connected) for v in picks])
+        out[f"corrections_{region}"] = np.array([corrected_ious(model, mesh.vertices, mesh.faces, vlab, int(v),
+                                                                CORRECTIONS, connected=connected, clickable=inner)
+                                                 for v in picks])
+        out[f"nostop_{region}"] = np.array([corrected_ious(model, mesh.vertices, mesh.faces, vlab, int(v), CORRECTIONS,
+                                                           connected=connected, clickable=inner, stop_iou=None)
+                                            for v in picks])
     return out
 
 
@@ -128,13 +134,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 meshes x 8 clicks, short timing runs")
     parser.add_argument("--oracle-only", action="store_true", help="skip the timing rows")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=NUMBER",
+                        help="override a numeric iSeg setting of the cpu profile (a sweep point), e.g. steps=600")
     args = parser.parse_args()
+    overrides = {k: float(v) if "." in v else int(v) for k, v in (item.split("=", 1) for item in args.set)}
     meshes = QUICK if args.quick else FULL
     clicks = 8 if args.quick else 16
     rows, cases = [], {}
     for name, label_file in meshes:
-        case = oracle_case(name, label_file, clicks)
-        print(name, {k: np.round(np.mean(v, 0), 3).tolist() for k, v in case.items()}, file=sys.stderr, flush=True)
+        case = oracle_case(name, label_file, clicks, overrides)
+        print(name, {k: np.round(np.mean(v, 0) if np.ndim(v) else v, 3).tolist() for k, v in case.items()},
+              file=sys.stderr, flush=True)
         cases[name] = case
         region = "one" if CONNECTED_DEFAULT else "all"
         rows.append((f"{name}: IoU 1 click, Otsu / 0.5, one piece", f"{case['otsu_one'].mean():.3f}",
@@ -158,6 +168,10 @@ def main() -> None:
         rows.append((f"all meshes: IoU after 0-{CORRECTIONS} corrective clicks, "
                      f"{'one piece' if r == 'one' else 'every piece'}", f"{corr.mean(0)[-1]:.3f}",
                      " ".join(f"{x:.3f}" for x in corr.mean(0))))
+    nostop = pooled[f"nostop_{region}"]
+    rows.append((f"all meshes: IoU after 0-{CORRECTIONS} corrective clicks, no stop at IoU {STOP_IOU}",
+                 f"{nostop.mean(0)[-1]:.3f}", " ".join(f"{x:.3f}" for x in nostop.mean(0))))
+    result["iseg_iou_after_corrections_no_stop"] = [round(float(x), 4) for x in nostop.mean(0)]
     corr = pooled[f"corrections_{region}"]
     result["iseg_iou_after_corrections"] = [round(float(x), 4) for x in corr.mean(0)]
     result["iseg_iou_after_corrections_se"] = [round(_mean_se(c)[1], 4) for c in corr.T]
@@ -175,7 +189,8 @@ def main() -> None:
     print(f"{'measure':<{width}}  {'value':>8}  note")
     for name, value, note in rows:
         print(f"{name:<{width}}  {value:>8}  {note}")
-    print(json.dumps({**result, "quick": bool(args.quick)}))
+    result["train_s_per_mesh"] = round(float(np.mean([c["train_s"] for c in cases.values()])), 1)
+    print(json.dumps({**result, "iseg": {**settings_for("cpu").iseg, **overrides}, "quick": bool(args.quick)}))
 
 
 if __name__ == "__main__":

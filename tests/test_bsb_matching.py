@@ -149,3 +149,30 @@ def test_real_sam_wrapper_plugs_in():
         return
     assert r.part_mask.shape == (48, 64) and r.n_candidates == 20
     assert sum(c.iou is not None for c in r.candidates) <= r.n_valid
+
+
+def test_a_tie_at_the_best_iou_goes_to_the_part_the_tied_buddies_agree_on():
+    """Candidates tied at IoU 1: the most similar one sits on a seam, and iSeg seeded there spills into the
+    neighbour; the winner must be a tied candidate held surely by the part the tied candidates fill."""
+    from engine.bsb.matching import Candidates, break_tie
+    from engine.bsb.result import MatchResult
+
+    seam, inner = 10, [11, 12, 13]
+    cands = Candidates(np.array([seam] + inner + [40]), np.array([0.95, 0.9, 0.9, 0.8, 0.7]),
+                       np.array([[1, 1], [2, 2], [3, 3], [4, 4], [5, 5]]), np.array([True] * 4 + [False]))
+    ious = np.array([1.0, 1.0, 1.0, 1.0, -1.0])
+
+    def seed(v: int) -> np.ndarray:
+        p = np.zeros(50, np.float32)
+        if v == seam:
+            p[:30] = 0.9                           # the part and its neighbour
+        else:
+            p[:15], p[seam] = 0.9, 0.6             # the part; the seam vertex only just in it
+        return p
+
+    result = MatchResult(True, None, 1.0, 5, 4, seam, (1.5, 1.5), None, None)
+    break_tie(result, cands, ious, seed, 1.0)
+    assert result.winner_vertex == 11 and result.winner_pixel == (2.5, 2.5)
+    untied = MatchResult(True, None, 1.0, 5, 4, seam, (1.5, 1.5), None, None)
+    break_tie(untied, cands, np.array([1.0, 0.9, 0.9, 0.9, -1.0]), seed, 1.0)
+    assert untied.winner_vertex == seam                # no tie: the IoU argmax stands

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 from engine import demo
 
 
-@pytest.mark.slow  # seat not selected after the iSeg merge (issue 11 open); `python -m engine.demo --oracle` reports it
 def test_oracle_demo_selects_the_seat_and_says_oracle(tmp_path, tmp_path_factory, capsys):
     cache = tmp_path_factory.getbasetemp() / "oracle-e2e-cache"  # shared with tests/test_e2e.py
     assert demo.oracle_main(tmp_path / "out", cache) == 0

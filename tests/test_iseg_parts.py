@@ -207,15 +207,21 @@ def test_corrective_click_goes_to_the_middle_of_the_largest_error():
     target = col <= 5
     spill = target | ((col >= 6) & (col <= 10) & (row >= 3) & (row <= 7))   # 25 false positives
     missed = target & ~((col <= 1) & (row <= 1))                            # 4 false negatives
-    assert corrective_click(f, spill, target) == (7 * 11 - 11 * 2 + 8, False)   # centre of the spill: row 5, col 8
-    vertex, positive = corrective_click(f, missed, target)
+    assert corrective_click(v, f, spill, target) == (5 * 11 + 8, False)         # centre of the spill: row 5, col 8
+    vertex, positive = corrective_click(v, f, missed, target)
     assert positive and col[vertex] <= 1 and row[vertex] <= 1
     both = missed | (spill & ~target)
-    assert corrective_click(f, both, target)[1] is False                    # the larger error first
-    assert corrective_click(f, target, target) is None
+    assert corrective_click(v, f, both, target)[1] is False                 # the larger error first
+    assert corrective_click(v, f, target, target) is None
+    # only clickable vertices count: with the spill's middle column off limits, the click moves off it,
+    # and with every wrong vertex off limits there is nothing to click
+    off = col != 8
+    vertex, positive = corrective_click(v, f, spill, target, clickable=off)
+    assert not positive and spill[vertex] and not target[vertex] and col[vertex] != 8
+    assert corrective_click(v, f, spill, target, clickable=~(spill & ~target)) is None
 
     class Exact:      # answers the part of the clicks, to check the bookkeeping of corrected_ious
         def predict(self, clicks):
             return np.where(target, 0.9, 0.1) if len(clicks) > 1 else np.where(spill, 0.9, 0.1)
-    ious = corrected_ious(Exact(), f, target.astype(int), int(np.flatnonzero(target)[0]), corrections=3)
+    ious = corrected_ious(Exact(), v, f, target.astype(int), int(np.flatnonzero(target)[0]), corrections=3)
     assert ious[0] == pytest.approx(target.sum() / spill.sum()) and ious[1:].tolist() == [1.0, 1.0, 1.0]

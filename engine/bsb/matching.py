@@ -139,6 +139,40 @@ def seed_result(result: MatchResult, seed: Seeding | None, n_vertices: int) -> N
     result.timings["iseg_s"] = time.perf_counter() - t
 
 
+TIE_SEEDS = 16  # tied candidates (most similar first) whose iSeg part is computed to break a tie
+
+
+def break_tie(result: MatchResult, cands: Candidates, ious: np.ndarray, seed: Seeding | None, scale: float) -> None:
+    """Among the candidates tied at the best IoU, find the iSeg part (seeded at one of them, p >= 0.5) that
+    best overlaps the tied candidates (IoU of the two vertex sets), and make the winner the tied candidate
+    that part holds most surely (highest p); further ties go to the more similar one.
+
+    Why: when every buddy pixel inside the part re-segments to exactly the query's part (a sharp segmenter,
+    a part SAM outlines cleanly), all of them tie at IoU 1 and the argmax falls to the most similar one,
+    which is often a vertex on the seam with a neighbouring part (distilled features blur across seams).
+    iSeg seeded there selects the neighbour (or both); the part that matches the tied buddies is the
+    queried one, and its surest buddy lies inside it, away from the seam. Only `TIE_SEEDS` candidates are
+    seeded (each is one decoder pass); the overlap counts every tied one.
+    """
+    if seed is None or not result.found or result.winner_vertex is None:
+        return
+    tied = np.flatnonzero(ious == ious.max())
+    if len(tied) < 2:
+        return
+    verts = np.unique(cands.vertices[tied])
+    best_overlap, best_weights = -1.0, None
+    for v in cands.vertices[tied[:TIE_SEEDS]]:
+        weights = np.asarray(seed(int(v)), dtype=np.float32).reshape(-1)
+        part = weights >= 0.5
+        inside = int(part[verts].sum())
+        overlap = inside / (int(part.sum()) + len(verts) - inside)
+        if overlap > best_overlap:
+            best_overlap, best_weights = overlap, weights
+    best = tied[int(np.argmax(best_weights[cands.vertices[tied]]))]
+    result.winner_vertex = int(cands.vertices[best])
+    result.winner_pixel = original_pixel(cands.pixels[best], scale)
+
+
 def original_pixel(pixel: np.ndarray, scale: float) -> tuple[float, float]:
     """The centre of working pixel `pixel` (column, row) in the original image frame (x, y)."""
     return (float(pixel[0]) + 0.5) / scale, (float(pixel[1]) + 0.5) / scale
@@ -190,6 +224,7 @@ def match(segmenter: PromptSegmenter, grid: ft.FeatureGrid, vertex_features: obj
     if progress:
         progress(0.8, "segmenting the mesh")
     _check_cancel(cancel)
+    break_tie(result, cands, ious, seed, scale)
     seed_result(result, seed, len(bank))
     if progress:
         progress(1.0, "done")

@@ -146,3 +146,22 @@ def accept_confirming(first_masks: np.ndarray, first_scores: np.ndarray, masks: 
     confident and the two-click answer is (about) that part (IoU > max_iou) holding both clicks."""
     both = _at(masks, points[:, 0]) & _at(masks, points[:, 1])
     return (first_scores >= min_score) & (_iou(first_masks, masks) > max_iou) & both
+
+
+def accept_answered(masks: np.ndarray, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(N,) bool: the masks answer every click `points (N, K, 2)` xy: selected where `labels (N, K)` is
+    positive, not selected where it is negative (a prompt the segmenter ignored teaches nothing)."""
+    hit = np.stack([_at(masks, points[:, k]) for k in range(points.shape[1])], axis=1)
+    return (hit == np.asarray(labels, bool)).all(1) & masks.reshape(len(masks), -1).any(1)
+
+
+def near(mask: np.ndarray, radius: int) -> np.ndarray:
+    """(H, W) bool: pixels with a pixel of `mask (H, W)` within `radius` (a (2r+1)^2 box), by an integral image."""
+    h, w = mask.shape
+    r = max(int(radius), 0)
+    table = np.zeros((h + 1, w + 1), np.int32)
+    table[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0, dtype=np.int32), axis=1)
+    y0, y1 = np.clip(np.arange(h) - r, 0, h), np.clip(np.arange(h) + r + 1, 0, h)
+    x0, x1 = np.clip(np.arange(w) - r, 0, w), np.clip(np.arange(w) + r + 1, 0, w)
+    box = table[y1][:, x1] - table[y0][:, x1] - table[y1][:, x0] + table[y0][:, x0]
+    return box > 0

@@ -92,58 +92,81 @@ def _bfs_hops(offsets: np.ndarray, neighbours: np.ndarray, allowed: np.ndarray, 
     return hops
 
 
-def corrective_click(faces: np.ndarray, selected: np.ndarray, target: np.ndarray) -> tuple[int, bool] | None:
-    """Where an interactive user clicks next: the centre of the largest wrong region.
+def _pieces(offsets: np.ndarray, neighbours: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
+    """The connected pieces (along mesh edges) of `mask`, as bool masks."""
+    left, out = mask.copy(), []
+    while left.any():
+        piece = _bfs_hops(offsets, neighbours, left, np.flatnonzero(left)[:1]) >= 0
+        left &= ~piece
+        out.append(piece)
+    return out
+
+
+def corrective_click(vertices: np.ndarray, faces: np.ndarray, selected: np.ndarray, target: np.ndarray,
+                     clickable: np.ndarray | None = None) -> tuple[int, bool] | None:
+    """Where an interactive user clicks next: the middle of the largest wrong region.
 
     Wrong regions are the connected pieces (along mesh edges) of the false positives (selected, not in
-    the part: a negative click) and of the false negatives (a positive click). The click goes to the
-    vertex of the largest piece farthest (in edge hops) from the piece's border, as in the usual
-    click-simulation protocol of interactive segmentation. None when the selection is exact.
+    the part: a negative click) and of the false negatives (a positive click), over the `clickable`
+    vertices only (all when None). The click goes to the vertex of the largest piece farthest (in 3D)
+    from the piece's border, as in the click simulation of interactive segmentation benchmarks (the
+    error pixel farthest from the error region's boundary). None when no clickable vertex is wrong.
+
+    Why `clickable`: a vertex on the seam between two labelled parts belongs to both; its label is a
+    vote of its faces. Errors confined to seams are where the labels themselves are uncertain, and a user
+    clicks on a part's surface, not on its outline, so the evaluation passes the vertices inside one part.
     """
     from engine.iseg.postprocess import vertex_adjacency
 
     selected, target = np.asarray(selected, bool), np.asarray(target, bool)
+    allowed = np.ones(len(selected), bool) if clickable is None else np.asarray(clickable, bool)
     offsets, neighbours = vertex_adjacency(faces, len(selected))
-    best: tuple[int, int, bool] | None = None   # (size, vertex, positive)
-    for positive, wrong in ((False, selected & ~target), (True, target & ~selected)):
-        left = wrong.copy()
-        while left.any():
-            piece = _bfs_hops(offsets, neighbours, left, np.flatnonzero(left)[:1]) >= 0
-            left &= ~piece
-            if best is not None and piece.sum() <= best[0]:
-                continue
-            # border: piece vertices with a neighbour outside the piece
-            counts = np.diff(offsets)
-            outside = ~piece[neighbours]
-            has_out = np.zeros(len(piece), bool)
-            np.logical_or.at(has_out, np.repeat(np.arange(len(piece)), counts), outside)
-            border = np.flatnonzero(piece & has_out)
-            hops = _bfs_hops(offsets, neighbours, piece, border if border.size else np.flatnonzero(piece)[:1])
-            best = (int(piece.sum()), int(np.argmax(np.where(piece, hops, -1))), positive)
-    return None if best is None else (best[1], best[2])
+    pieces = [(piece, positive) for positive, wrong in ((False, selected & ~target), (True, target & ~selected))
+              for piece in _pieces(offsets, neighbours, wrong & allowed)]
+    if not pieces:
+        return None
+    piece, positive = max(pieces, key=lambda p: int(p[0].sum()))
+    # border: piece vertices with a neighbour outside the piece (the piece's own outline)
+    has_out = np.zeros(len(piece), bool)
+    np.logical_or.at(has_out, np.repeat(np.arange(len(piece)), np.diff(offsets)), ~piece[neighbours])
+    inside, border = np.flatnonzero(piece), np.flatnonzero(piece & has_out)
+    if border.size == 0 or border.size == inside.size:
+        return int(inside[0]), positive
+    pts = torch.from_numpy(np.asarray(vertices, np.float32))
+    far = torch.cdist(pts[inside], pts[border]).min(1).values
+    return int(inside[int(far.argmax())]), positive
 
 
-def correction_run(model: ISegModel, faces: np.ndarray, labels: np.ndarray, first: int, corrections: int = 3,
-                   method: str = "otsu", connected: bool | None = None) -> list[tuple[list[tuple[int, bool]], np.ndarray]]:
-    """A simulated user on the part of vertex `first`: (clicks, selection) after its click and after each
-    of up to `corrections` corrective clicks (fewer when a selection is already exact)."""
+STOP_IOU = 0.9  # the simulated user is satisfied at this IoU (as in the NoC@90 protocol of interactive segmentation)
+
+
+def correction_run(model: ISegModel, vertices: np.ndarray, faces: np.ndarray, labels: np.ndarray, first: int,
+                   corrections: int = 3, method: str = "otsu", connected: bool | None = None,
+                   clickable: np.ndarray | None = None,
+                   stop_iou: float | None = STOP_IOU) -> list[tuple[list[tuple[int, bool]], np.ndarray]]:
+    """A simulated user on the part of vertex `first` (vertex labels `labels`): (clicks, selection) after its
+    click and after each of up to `corrections` corrective clicks; fewer when nothing is left to correct or
+    the selection reached `stop_iou` (None: the user keeps correcting whatever is wrong)."""
     target = labels == labels[first]
     clicks = [(int(first), True)]
     out = []
     for k in range(corrections + 1):
         selected = select_vertices(model.predict(clicks), faces, clicks, method, connected=connected)
         out.append((list(clicks), selected))
-        nxt = corrective_click(faces, selected, target) if k < corrections else None
+        done = k == corrections or (stop_iou is not None and iou(selected, target) >= stop_iou)
+        nxt = None if done else corrective_click(vertices, faces, selected, target, clickable)
         if nxt is None:
             break
         clicks.append(nxt)
     return out
 
 
-def corrected_ious(model: ISegModel, faces: np.ndarray, labels: np.ndarray, first: int, corrections: int = 3,
-                   method: str = "otsu", connected: bool | None = None) -> np.ndarray:
+def corrected_ious(model: ISegModel, vertices: np.ndarray, faces: np.ndarray, labels: np.ndarray, first: int,
+                   corrections: int = 3, method: str = "otsu", connected: bool | None = None,
+                   clickable: np.ndarray | None = None, stop_iou: float | None = STOP_IOU) -> np.ndarray:
     """(corrections + 1,) IoU with the part of vertex `first` after its click and each corrective click
-    (an exact selection keeps its IoU of 1 for the clicks it no longer needs)."""
+    (a selection the user stopped at keeps its IoU for the clicks it no longer needs)."""
     target = labels == labels[first]
-    ious = [iou(sel, target) for _, sel in correction_run(model, faces, labels, first, corrections, method, connected)]
+    ious = [iou(sel, target) for _, sel in correction_run(model, vertices, faces, labels, first, corrections, method,
+                                                           connected, clickable, stop_iou)]
     return np.asarray(ious + [ious[-1]] * (corrections + 1 - len(ious)))

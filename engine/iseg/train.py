@@ -3,7 +3,9 @@
 1. Click vertices: farthest-point samples (`click_fraction` of the vertices, capped).
 2. Click sites: the views where each is visible (see clicks.py), at most `views_per_click` per vertex.
 3. Targets: the view segmenter's mask for each single click, then second clicks (a positive outside
-   the first mask, a negative inside it) kept through the reference's filters.
+   the first mask, a negative inside it) kept through the reference's filters, then third clicks on
+   the accepted two-click answers (a negative on a neighbour the answer leaves out, a positive inside
+   it): the click sets a user's corrections make, which the decoder must have seen to answer them.
 4. Decoder: Adam on the BCE between the rendered per-vertex probability (barycentric interpolation
    through the raster's face_id/bary) and the mask, over covered pixels only (face_id >= 0). Each step
    uses `pixels_per_sample` random covered pixels of each sample's view: an unbiased estimate of the
@@ -22,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import BsbError, Cancelled
-from engine.iseg.clicks import (ClickSites, accept_confirming, accept_second_clicks, cap_views_per_vertex,
-                                find_click_sites, second_click_partners)
+from engine.iseg.clicks import (ClickSites, accept_answered, accept_confirming, accept_second_clicks,
+                                cap_views_per_vertex, find_click_sites, near, second_click_partners)
 from engine.iseg.decoder import ClickDecoder, DecoderConfig
 from engine.iseg.fps import farthest_point_sampling
 from engine.iseg.model import ISegModel
@@ -44,13 +46,24 @@ class ISegConfig:
     neighbour_negative: negatives on what the click's wider mask adds to the part (the correction a
       user makes when an answer spills into a neighbour); confirm_positive: positives elsewhere on the
       same part (the correction a user makes when an answer misses part of the part).
+    third_negative / third_positive: third clicks per accepted two-click sample, a negative on what the
+      first click's wider mask adds to the two-click answer / a positive inside that answer. Why: a
+      user's second correction makes a three-click set; a decoder trained on one and two clicks only
+      ignores the third (a negative after a confirming positive left a spill in place).
+    seam_band / seam_share: a corrective partner (confirming positive, neighbour negative, third click)
+      lies, with probability `seam_share`, within `seam_band` x the view side of a seam between the answer
+      and a neighbour, and a growing positive never does. Why: distilled features blur across seams, so
+      a click there is ambiguous to the decoder, and it is where corrections land (a missed strip at the
+      part's edge, a spill over it); trained so, a positive by the selection's edge extends that part
+      instead of adding the neighbour, and a negative across the seam wins over it.
     min_score / max_iou: second-click filters of the reference (first score, change of the mask).
     attn_dim / width / encoder_depth / head_depth: decoder size (see decoder.py).
     steps / batch_size / pixels_per_sample / lr: Adam schedule (cosine decay to 10% of lr).
     focus_fraction: share of each sample's pixels drawn inside its first mask | answer (see _draw_pixels).
-    sample_shares: share of the batches drawn from each kind (single, grow, cut, confirm), renormalised
-      over the kinds present: second clicks are few next to single clicks, yet the only ones that teach
-      a correction.
+    sample_shares: share of the batches drawn from each kind (single, grow, cut, neighbour, confirm,
+      third), renormalised over the kinds present: corrections are few next to single clicks, yet the only
+      ones that teach a correction; sub-part cuts (only from a teacher with finer levels) are fewer still
+      and keep their own share.
     segment_batch: prompts per view-segmenter call.
     """
 
@@ -62,6 +75,10 @@ class ISegConfig:
     second_negative: int = 3
     neighbour_negative: int = 2
     confirm_positive: int = 1
+    third_negative: int = 1
+    third_positive: int = 1
+    seam_band: float = 1 / 16
+    seam_share: float = 0.5
     min_score: float = 0.4
     max_iou: float = 0.9
     attn_dim: int = 64
@@ -73,19 +90,20 @@ class ISegConfig:
     pixels_per_sample: int = 512
     lr: float = 3e-3
     focus_fraction: float = 0.5
-    sample_shares: tuple[float, float, float, float] = (0.4, 0.15, 0.3, 0.15)
+    sample_shares: tuple[float, ...] = (0.25, 0.1, 0.2, 0.15, 0.1, 0.2)
     segment_batch: int = 64
 
 
 @dataclass
 class ClickSamples:
-    """Training samples: clicks (S, 2) with a validity flag, their view and the mask over covered pixels."""
+    """Training samples: clicks (S, MAX_CLICKS) with a validity flag, their view and the mask over covered
+    pixels."""
 
     view: np.ndarray      # (S,) int64
-    clicks: np.ndarray    # (S, 2) int64 vertex ids (second column repeats the first when unused)
-    positive: np.ndarray  # (S, 2) bool
-    valid: np.ndarray     # (S, 2) bool
-    kind: np.ndarray      # (S,) int8: SINGLE, GROW, CUT or CONFIRM
+    clicks: np.ndarray    # (S, MAX_CLICKS) int64 vertex ids (unused columns repeat the last used one)
+    positive: np.ndarray  # (S, MAX_CLICKS) bool
+    valid: np.ndarray     # (S, MAX_CLICKS) bool
+    kind: np.ndarray      # (S,) int8: SINGLE, GROW, CUT, NEIGHBOUR, CONFIRM or THIRD
     bits: np.ndarray      # (S, nbytes) uint8: packed mask over the view's covered pixels (row-major)
     focus: np.ndarray     # (S, nbytes) uint8: packed first mask | mask, where the clicks' answer lives
     focus_count: np.ndarray  # (S,) int64: covered pixels in the focus mask
@@ -115,8 +133,20 @@ def _step(progress: Progress, cancel: Cancel, fraction: float, message: str) -> 
 
 COARSE_TOLERANCE = 8.0  # pixel footprints from a vertex to its click pixel when no vertex is nearer than one
 
-# Sample kinds: what the second click teaches (the batches hold each kind in `ISegConfig.sample_shares`).
-SINGLE, GROW, CUT, CONFIRM = 0, 1, 2, 3
+# Sample kinds: what the last click teaches (the batches hold each kind in `ISegConfig.sample_shares`).
+# NEIGHBOUR: a negative on what the click's wider answer adds (its first answer is that wider mask).
+SINGLE, GROW, CUT, NEIGHBOUR, CONFIRM, THIRD = 0, 1, 2, 3, 4, 5
+MAX_CLICKS = 3  # clicks per training sample
+
+
+def _pad(columns: np.ndarray) -> np.ndarray:
+    """(S, k) -> (S, MAX_CLICKS), repeating the last column."""
+    return np.concatenate([columns] + [columns[:, -1:]] * (MAX_CLICKS - columns.shape[1]), axis=1)
+
+
+def _first_k(n: int, k: int) -> np.ndarray:
+    """(n, MAX_CLICKS) validity of samples with k clicks."""
+    return np.repeat((np.arange(MAX_CLICKS) < k)[None], n, axis=0)
 
 
 def collect_samples(vertices: np.ndarray, faces: np.ndarray, raster, view_segmenter, config: ISegConfig,
@@ -141,22 +171,21 @@ def collect_samples(vertices: np.ndarray, faces: np.ndarray, raster, view_segmen
     keep = masks.reshape(len(masks), -1).any(1)
     n_single = int(keep.sum())
     views = [sites.view[keep]]
-    clicks = [np.repeat(sites.vertex[keep, None], 2, axis=1)]
-    positive = [np.ones((n_single, 2), bool)]
-    valid = [np.stack([np.ones(n_single, bool), np.zeros(n_single, bool)], 1)]
+    clicks = [_pad(sites.vertex[keep, None])]
+    positive = [np.ones((n_single, MAX_CLICKS), bool)]
+    valid = [_first_k(n_single, 1)]
     kind = [np.full(n_single, SINGLE, np.int8)]
     bits = [_pack(masks[keep], sites.view[keep], covered, nbytes)]
     focus = [bits[0]]
 
-    first, partner, sign, before = _second_click_pairs(sites, masks, scores, wider, vertices, config, rng)
+    first, partner, sign, what = _second_click_pairs(sites, masks, scores, wider, vertices, config, rng)
     n_second = 0
     if len(first):
         pts = np.stack([sites.xy[first], sites.xy[partner]], axis=1)
         labels = np.stack([np.ones(len(first), np.int64), sign.astype(np.int64)], axis=1)
         masks2, _ = _segment(view_segmenter.segment_views, sites.view[first], (pts, labels), config.segment_batch,
-                             progress, cancel, 0.3, 0.4, "second clicks")
-        first_masks = np.where((before == CUT_WIDER)[:, None, None], wider[first], masks[first])
-        what = np.where(before == CUT_WIDER, CUT, before).astype(np.int8)
+                             progress, cancel, 0.3, 0.37, "second clicks")
+        first_masks = np.where((what == NEIGHBOUR)[:, None, None], wider[first], masks[first])
         ok = np.where(what == CONFIRM,
                       accept_confirming(first_masks, scores[first], masks2, pts, config.min_score, config.max_iou),
                       accept_second_clicks(first_masks, scores[first], masks2, sign, pts, config.min_score,
@@ -165,12 +194,25 @@ def collect_samples(vertices: np.ndarray, faces: np.ndarray, raster, view_segmen
                                                                             what))
         n_second = int(ok.sum())
         views.append(sites.view[first])
-        clicks.append(np.stack([sites.vertex[first], sites.vertex[partner]], axis=1))
-        positive.append(np.stack([np.ones(n_second, bool), sign], axis=1))
-        valid.append(np.ones((n_second, 2), bool))
+        clicks.append(_pad(np.stack([sites.vertex[first], sites.vertex[partner]], axis=1)))
+        positive.append(_pad(np.stack([np.ones(n_second, bool), sign], axis=1)))
+        valid.append(_first_k(n_second, 2))
         kind.append(what)
         bits.append(_pack(masks2, sites.view[first], covered, nbytes))
         focus.append(_pack(masks2 | first_masks, sites.view[first], covered, nbytes))
+        third = _third_clicks(view_segmenter, sites, first, partner, sign, masks2, wider, vertices, config, rng,
+                              progress, cancel)
+        if third is not None:
+            s3, partner3, sign3, masks3 = third
+            trio = np.stack([sites.vertex[first[s3]], sites.vertex[partner[s3]], sites.vertex[partner3]], axis=1)
+            views.append(sites.view[first[s3]])
+            clicks.append(trio)
+            positive.append(np.stack([np.ones(len(s3), bool), sign[s3], sign3], axis=1))
+            valid.append(_first_k(len(s3), 3))
+            kind.append(np.full(len(s3), THIRD, np.int8))
+            bits.append(_pack(masks3, sites.view[first[s3]], covered, nbytes))
+            focus.append(_pack(masks3 | wider[first[s3]], sites.view[first[s3]], covered, nbytes))
+            n_second += len(s3)
     if n_single + n_second == 0:
         raise BsbError("the view segmenter returned no mask for any training click; check the renders", "bad_mesh")
     focus_all = np.concatenate(focus)
@@ -180,7 +222,6 @@ def collect_samples(vertices: np.ndarray, faces: np.ndarray, raster, view_segmen
 
 
 _POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(1).astype(np.int64)
-CUT_WIDER = 4   # a CUT whose first answer is the click's wider mask (the negative removes a neighbour)
 
 
 def _segment(call, view_ids, inputs, batch, progress, cancel, f0, f1, what):
@@ -203,22 +244,70 @@ def _second_click_pairs(sites: ClickSites, masks, scores, wider, vertices, confi
     """(first site, partner site, positive?, kind) for every second-click prompt worth asking.
 
     Kinds: GROW, a positive outside the part; CUT, a negative inside it (a sub-part, when the teacher
-    knows one); CUT_WIDER, a negative on what the click's wider mask adds (a neighbour a too-large answer
+    knows one); NEIGHBOUR, a negative on what the click's wider mask adds (a neighbour a too-large answer
     includes: the commonest correction); CONFIRM, a positive elsewhere on the same part.
     """
     first, partner, sign, what = [], [], [], []
+    radius = _seam_radius(masks.shape[1:], config)
     for i in np.nonzero(scores >= config.min_score)[0]:
+        outside = wider[i] & ~masks[i]
         for kind, positive, count, region in (
-                (GROW, True, config.second_positive, ~masks[i]),
+                (GROW, True, config.second_positive, ~masks[i] & ~near(masks[i], radius)),
                 (CUT, False, config.second_negative, masks[i]),
-                (CUT_WIDER, False, config.neighbour_negative, wider[i] & ~masks[i]),
-                (CONFIRM, True, config.confirm_positive, masks[i])):
+                (NEIGHBOUR, False, config.neighbour_negative, _by_seam(outside, masks[i], radius, config, rng)),
+                (CONFIRM, True, config.confirm_positive, _by_seam(masks[i], outside, radius, config, rng))):
             if count <= 0:
                 continue
             for j in second_click_partners(sites, i, region, vertices, count, rng):
                 first.append(i), partner.append(j), sign.append(positive), what.append(kind)
     return (np.asarray(first, np.int64), np.asarray(partner, np.int64), np.asarray(sign, bool),
             np.asarray(what, np.int8))
+
+
+def _seam_radius(shape: tuple[int, ...], config: ISegConfig) -> int:
+    return max(1, int(round(config.seam_band * max(shape))))
+
+
+def _by_seam(region: np.ndarray, other: np.ndarray, radius: int, config: ISegConfig, rng) -> np.ndarray:
+    """`region`, or with probability `seam_share` its pixels within `radius` of `other` (the seam band),
+    when the band holds any."""
+    if rng.random() >= config.seam_share:
+        return region
+    band = region & near(other, radius)
+    return band if band.any() else region
+
+
+def _third_clicks(view_segmenter, sites: ClickSites, first, partner, sign, masks2, wider, vertices,
+                  config: ISegConfig, rng, progress: Progress, cancel: Cancel):
+    """Third clicks on the accepted two-click samples `first`/`partner`/`sign` with answers `masks2`:
+    (sample index, third site, positive?, three-click mask) for those the segmenter answers (every positive
+    inside the mask, the negatives outside it), or None.
+
+    Negatives go on what the first click's wider mask adds to the answer (a neighbour a spill reaches),
+    positives inside the answer (a second confirmation); both leave the answer the user wants in place.
+    """
+    rows, partners, signs = [], [], []
+    radius = _seam_radius(masks2.shape[1:], config)
+    for s in range(len(first)):
+        outside = wider[first[s]] & ~masks2[s]
+        for positive, count, region in (
+                (False, config.third_negative, _by_seam(outside, masks2[s], radius, config, rng)),
+                (True, config.third_positive, _by_seam(masks2[s], outside, radius, config, rng))):
+            if count <= 0:
+                continue
+            for j in second_click_partners(sites, int(first[s]), region, vertices, count + 1, rng):
+                if sites.vertex[j] != sites.vertex[partner[s]] and count > 0:
+                    rows.append(s), partners.append(j), signs.append(positive)
+                    count -= 1
+    if not rows:
+        return None
+    rows, partners, signs = np.asarray(rows, np.int64), np.asarray(partners, np.int64), np.asarray(signs, bool)
+    pts = np.stack([sites.xy[first[rows]], sites.xy[partner[rows]], sites.xy[partners]], axis=1)
+    labels = np.stack([np.ones(len(rows), bool), sign[rows], signs], axis=1)
+    masks3, _ = _segment(view_segmenter.segment_views, sites.view[first[rows]], (pts, labels.astype(np.int64)),
+                         config.segment_batch, progress, cancel, 0.37, 0.4, "third clicks")
+    ok = accept_answered(masks3, pts, labels)
+    return rows[ok], partners[ok], signs[ok], masks3[ok]
 
 
 def _bit(packed: torch.Tensor, rows: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
