@@ -30,9 +30,10 @@ class BSB_AddonPreferences(bpy.types.AddonPreferences):
     profile: EnumProperty(name="Profile", default="AUTO", items=[
         ("AUTO", "Auto", "The engine picks by device: Paper on CUDA, Fast on CPU and Apple GPUs"),
         ("FAST", "Fast", "EdgeTAM and DINOv2-S on 24 SAM views: the CPU and Apple GPU default"),
+        ("BALANCED", "Balanced", "SAM 2.1-tiny and DINOv2-B on 24 SAM views: slower than Fast on a CPU"),
         ("PAPER", "Paper", "SAM ViT-H and DINOv2-L, the reference's view counts: the CUDA default"),
         ("CPU", "CPU", "SAM ViT-B and DINOv2-B on 4 SAM views (the earlier CPU default)"),
-        ("GPU", "GPU", "Full-size models (as Paper)"),
+        ("GPU", "GPU", "SAM ViT-H and DINOv2-L on capped view counts (200 SAM views): faster than Paper"),
         ("TINY", "Plumbing check", "Random weights: tests the set-up only, results are meaningless")])
     engine_mode: EnumProperty(name="Engine", default="LOCAL", items=[
         ("LOCAL", "Local", "Run the engine on this computer, as a child process of Blender"),

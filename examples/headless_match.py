@@ -47,7 +47,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--material", action="store_true", help="assign a new material coloured from the image")
     ap.add_argument("--soft", action="store_true", help="write soft weights")
     ap.add_argument("--engine-python", default="", help="the engine venv's Python (else the preferences')")
-    ap.add_argument("--profile", default="", choices=["", "cpu", "gpu", "tiny"])
+    ap.add_argument("--profile", default="", choices=["", "auto", "fast", "balanced", "paper", "cpu", "gpu", "tiny"])
     ap.add_argument("--device", default="", choices=["", "auto", "cpu", "cuda", "mps"])
     ap.add_argument("--models", default="")
     ap.add_argument("--remote", default="", metavar="HOST:PORT", help="use a remote engine instead of a local one")
