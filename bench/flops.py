@@ -18,8 +18,8 @@ data-dependent shapes the meta device cannot follow).
 A preparation = dino_views x DINO + sam_views x SAM encoder + prompts x prompt decoder, where prompts is
 what iSeg's data stage asks for a mesh of `--vertices` vertices (default: Spot, 11.5k): click vertices
 clip(click_fraction x V, min_clicks, max_clicks) x min(views_per_click, sam_views) single clicks, times
-(1 + `--second-per-single`) for the second clicks (an estimate; its default is the share measured on the
-oracle benchmark, see bench/views.py's prompt counts). A click = DINO + SAM encoder on the photo + k prompts
+(1 + `--second-per-single`) for the second clicks (its default is the ratio counted on one oracle
+preparation, SECOND_PER_SINGLE; the single-click formula gave 702 where that preparation asked 658). A click = DINO + SAM encoder on the photo + k prompts
 (BSB re-segments every candidate). Prints a table, then one JSON line (keys: prepare_gflops {profile:
 GFLOPs}, click_gflops, model_gflops_per_view {model: GFLOPs}, prompts_per_prepare, ...).
 """
@@ -50,7 +50,10 @@ DINO_ARCHS = {
     "facebook/dinov2-with-registers-giant": (1536, 40, 24, True),
 }
 SPOT_VERTICES = 11_500
-SECOND_PER_SINGLE = 1.0  # second-click prompts per single-click prompt (a round figure; --second-per-single)
+# Second-click prompts per single-click prompt in iSeg's data stage: 3863 / 658 measured on vase/367 under the
+# fast profile's settings (24 SAM views, oracle segmenter; bench/views.py counts them). Up to 7 partners
+# (second_positive + second_negative + neighbour_negative + confirm_positive) are asked per accepted click.
+SECOND_PER_SINGLE = 5.9
 
 
 def count_gflops(fn) -> float:
