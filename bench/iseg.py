@@ -1,10 +1,12 @@
-"""iSeg benchmark: oracle IoU on PSB meshes with the shipped cpu profile, corrective clicks, per-click
-seconds at 50k vertices, decoder training seconds.
+"""iSeg benchmark: oracle IoU on PSB meshes with a shipped profile (cpu unless --profile), corrective clicks,
+per-click seconds at 50k vertices, decoder training seconds.
 
 Oracle IoU: features are planted smooth random functions of position, distilled through engine.distill
 (never the labels); the view segmenter is the rendered human segmentation (OracleViewSegmenter); the views,
-their size and the iSeg settings are the shipped cpu profile's (engine.pipeline.settings_for("cpu")),
-with uniform views. One positive click on random interior vertices, Otsu, then IoU against the vertex's
+their size and the iSeg settings are the shipped profile's (engine.pipeline.settings_for(--profile),
+default cpu: 4 views at 256 px; fast and balanced: 24 at 512), with uniform views. Cost of the click data:
+the prompts `train_iseg` asks of the view segmenter (one SAM decoder call each in a real preparation;
+the oracle answers them for free) and the seconds of click data and of decoder training, per mesh. One positive click on random interior vertices, Otsu, then IoU against the vertex's
 part (`iseg_true_click_iou`), and after each of 3 corrective clicks, each placed at the centre of the
 largest wrong region as an interactive user would, on a vertex inside one labelled part, until the IoU
 reaches 0.9 (`iseg_iou_after_corrections`, 0-3 clicks; `..._no_stop`: a user who keeps clicking). Also:
@@ -21,6 +23,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.cameras import sphere_views  # noqa: E402
 from engine.iseg import ISegConfig, ISegModel, OracleViewSegmenter, select_vertices, train_iseg  # noqa: E402
+import engine.iseg.train  # noqa: E402
 from engine.iseg.decoder import ClickDecoder, DecoderConfig  # noqa: E402
 from engine.iseg.evaluate import (STOP_IOU, corrected_ious, distilled_planted_features, interior_vertices,  # noqa: E402
                                   single_click_ious, vertex_labels)
@@ -55,22 +59,59 @@ def load(name: str, labels: str):
     return mesh, np.loadtxt(PSB / labels, dtype=np.int64)
 
 
-def oracle_case(name: str, label_file: str, clicks: int, overrides: dict | None = None) -> dict:
-    """Train with the shipped cpu settings (iSeg `overrides` win) on one mesh and score `clicks` random
+class CountingSegmenter:
+    """A view segmenter that counts the prompts asked of it: the cost a real SAM would charge per prompt."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.prompts = inner, 0
+
+    def segment_levels(self, view_ids, points):
+        self.prompts += len(view_ids)
+        return self.inner.segment_levels(view_ids, points)
+
+    def segment_views(self, view_ids, points, labels):
+        self.prompts += len(view_ids)
+        return self.inner.segment_views(view_ids, points, labels)
+
+
+@contextmanager
+def timed(seconds: dict, name: str):
+    """Sum the seconds of every call to engine.iseg.train.`name` (what train_iseg calls) into seconds[name]."""
+    fn = getattr(engine.iseg.train, name)
+
+    def wrapper(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
+
+    setattr(engine.iseg.train, name, wrapper)
+    try:
+        yield
+    finally:
+        setattr(engine.iseg.train, name, fn)
+
+
+def oracle_case(name: str, label_file: str, clicks: int, overrides: dict | None = None, profile: str = "cpu") -> dict:
+    """Train with the shipped `profile` settings (iSeg `overrides` win) on one mesh and score `clicks` random
     interior clicks."""
-    settings = settings_for("cpu")
+    settings = settings_for(profile)
     mesh, labels = load(name, label_file)
     raster = rasterize(mesh.vertices, mesh.faces, sphere_views(settings.sam_views, "uniform"), settings.sam_size)
     features = distilled_planted_features(mesh.vertices, mesh.faces, raster, dim=64, sigma=2.0, steps=300)
+    segmenter, parts = CountingSegmenter(OracleViewSegmenter(labels, raster)), {}
     t = time.perf_counter()
-    model = train_iseg(mesh.vertices, mesh.faces, raster, features, OracleViewSegmenter(labels, raster),
-                       ISegConfig(**{**settings.iseg, **(overrides or {})}))
+    with timed(parts, "collect_samples"), timed(parts, "train_decoder"):
+        model = train_iseg(mesh.vertices, mesh.faces, raster, features, segmenter,
+                           ISegConfig(**{**settings.iseg, **(overrides or {})}))
     seconds = time.perf_counter() - t
     n = len(mesh.vertices)
     vlab = vertex_labels(mesh.faces, labels, n)
     inner = interior_vertices(mesh.faces, labels, n)
     picks = np.random.default_rng(7).choice(np.nonzero(inner)[0], clicks, replace=False)
-    out = {"train_s": seconds}
+    out = {"train_s": seconds, "data_s": parts["collect_samples"], "decoder_s": parts["train_decoder"],
+           "prompts": segmenter.prompts}
     for connected, region in ((True, "one"), (False, "all")):
         out[f"otsu_{region}"] = single_click_ious(model, mesh.faces, vlab, picks, "otsu", connected)
         out[f"fixed_{region}"] = single_click_ious(model, mesh.faces, vlab, picks, "fixed", connected)
@@ -134,26 +175,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 meshes x 8 clicks, short timing runs")
     parser.add_argument("--oracle-only", action="store_true", help="skip the timing rows")
+    parser.add_argument("--profile", default="cpu", choices=("cpu", "fast", "balanced"),
+                        help="whose views, view size and iSeg settings (default cpu)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=NUMBER",
-                        help="override a numeric iSeg setting of the cpu profile (a sweep point), e.g. steps=600")
+                        help="override a numeric iSeg setting of the profile (a sweep point), e.g. steps=600")
     args = parser.parse_args()
     overrides = {k: float(v) if "." in v else int(v) for k, v in (item.split("=", 1) for item in args.set)}
     meshes = QUICK if args.quick else FULL
     clicks = 8 if args.quick else 16
     rows, cases = [], {}
     for name, label_file in meshes:
-        case = oracle_case(name, label_file, clicks, overrides)
+        case = oracle_case(name, label_file, clicks, overrides, args.profile)
         print(name, {k: np.round(np.mean(v, 0) if np.ndim(v) else v, 3).tolist() for k, v in case.items()},
               file=sys.stderr, flush=True)
         cases[name] = case
         region = "one" if CONNECTED_DEFAULT else "all"
         rows.append((f"{name}: IoU 1 click, Otsu / 0.5, one piece", f"{case['otsu_one'].mean():.3f}",
                      f"0.5: {case['fixed_one'].mean():.3f}; every piece: Otsu {case['otsu_all'].mean():.3f}, "
-                     f"0.5 {case['fixed_all'].mean():.3f}; train {case['train_s']:.0f} s"))
+                     f"0.5 {case['fixed_all'].mean():.3f}; {case['prompts']} prompts, data "
+                     f"{case['data_s']:.0f} s + train {case['decoder_s']:.0f} s"))
         rows.append((f"{name}: IoU after 0-{CORRECTIONS} corrective clicks",
                      f"{case['corrections_' + region].mean(0)[-1]:.3f}",
                      " ".join(f"{x:.3f}" for x in case["corrections_" + region].mean(0)) + f" ({region})"))
-    pooled = {k: np.concatenate([c[k] for c in cases.values()]) for k in next(iter(cases.values())) if k != "train_s"}
+    pooled = {k: np.concatenate([c[k] for c in cases.values()]) for k in case if np.ndim(case[k])}
     region = "one" if CONNECTED_DEFAULT else "all"
     result = {}
     for key, label in (("otsu", "true_click_iou"), ("fixed", "true_click_iou_at_0_5")):
@@ -189,8 +233,12 @@ def main() -> None:
     print(f"{'measure':<{width}}  {'value':>8}  note")
     for name, value, note in rows:
         print(f"{name:<{width}}  {value:>8}  {note}")
-    result["train_s_per_mesh"] = round(float(np.mean([c["train_s"] for c in cases.values()])), 1)
-    print(json.dumps({**result, "iseg": {**settings_for("cpu").iseg, **overrides}, "quick": bool(args.quick)}))
+    for key, out in (("train_s", "train_s_per_mesh"), ("data_s", "iseg_data_s_per_mesh"),
+                     ("decoder_s", "iseg_decoder_s_per_mesh"), ("prompts", "prompts_per_mesh")):
+        result[out] = round(float(np.mean([c[key] for c in cases.values()])), 1)
+    settings = settings_for(args.profile)
+    print(json.dumps({**result, "profile": args.profile, "sam_views": settings.sam_views,
+                      "sam_size": settings.sam_size, "iseg": {**settings.iseg, **overrides}, "quick": bool(args.quick)}))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,12 @@ _PAPER_EXTRA: dict[str, Any] = {
 # iSeg steps / max_clicks: bench/iseg.py --quick --set sweep (steps 300, 600, 1200; max_clicks 100, 200, 400):
 # IoU after 1 click 0.877 / 0.872 / 0.881 (s.e. 0.05), after corrections 0.96-0.98, training x1 / x1.4 / x3.
 _CPU_EXTRA: dict[str, Any] = {"dino_steps": 100, "sam_steps": 50, "iseg": {"max_clicks": 200, "steps": 300}}
+# fast: the cheapest point of the click-data curve on 24 views at 512 px (`bench/iseg.py --quick --oracle-only
+# --profile fast --set ...`, oracle teacher, 24 clicks): cpu's iSeg (6 views per click vertex, 200 vertices,
+# 300 steps) asks 11,500 prompts per mesh for IoU 0.915 +- 0.033 after 1 click, 0.976 +- 0.003 corrected;
+# 2 views, 64 vertices, 1 sub-part and 1 neighbour negative, 200 steps ask 710: 0.918 +- 0.033, 0.979 +- 0.002.
+_FAST_EXTRA: dict[str, Any] = {**_CPU_EXTRA, "iseg": {"max_clicks": 64, "views_per_click": 2, "second_negative": 1,
+                                                       "neighbour_negative": 1, "steps": 200}}
 
 # What the model profiles (engine.models.profiles) leave to the pipeline; view counts and sizes come from there.
 _EXTRA: dict[str, dict[str, Any]] = {
@@ -68,8 +74,8 @@ _EXTRA: dict[str, dict[str, Any]] = {
     "paper": _PAPER_EXTRA,
     # Chosen from measured quality-vs-seconds curves (bench/sweep.py, oracle teachers): see engine.models.profiles.
     "cpu": _CPU_EXTRA,
-    # As `cpu` (field steps and iSeg schedule); their own view counts come from engine.models.profiles.
-    "fast": _CPU_EXTRA,
+    # As `cpu` (field steps; balanced: also the iSeg schedule); view counts come from engine.models.profiles.
+    "fast": _FAST_EXTRA,
     "balanced": _CPU_EXTRA,
     # Random weights, for tests and the plumbing check: small enough to prepare in seconds.
     "tiny": {"dino_views": 6, "dino_steps": 20, "sam_steps": 20, "field_encoding": 32, "points_per_view": 256,
