@@ -43,8 +43,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = PAYLOAD[start:]
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        srv.sent += len(body)  # counted before writing: the client may check as soon as it has read the body
         self.wfile.write(body)
-        srv.sent += len(body)
 
     def log_message(self, *args):
         pass
