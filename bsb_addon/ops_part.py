@@ -21,6 +21,15 @@ from .ops_engine import launch
 _appliers: dict[str, object] = {}
 
 
+def on_success(apply):
+    """A job's `done` callback that delivers `apply(result)` (one undo step) when the job succeeded;
+    failures already reached the status bar through the job."""
+    def done(result, error) -> None:
+        if error is None:
+            deliver(lambda: apply(result))
+    return done
+
+
 def deliver(apply) -> None:
     """Write a result: directly when headless (already inside the operator), else as its own undo step.
 
@@ -173,11 +182,7 @@ class BSB_OT_match(MeshOperator, bpy.types.Operator):
                 settings.clicks.clear()
                 settings.use_box = False
 
-        def done(result, error):
-            if error is None:
-                deliver(lambda: apply(result))
-
-        return launch(self, "match", work, done)
+        return launch(self, "match", work, on_success(apply))
 
 
 class BSB_OT_refine(MeshOperator, bpy.types.Operator):
@@ -217,11 +222,7 @@ class BSB_OT_refine(MeshOperator, bpy.types.Operator):
             entry = next(r for r in context.scene.bsb.results if r.object_name == obj.name and r.name == group)
             entry.refine_clicks = json.dumps([[int(v), bool(p)] for v, p in clicks])
 
-        def done(result, error):
-            if error is None:
-                deliver(lambda: apply(result))
-
-        return launch(self, "refine", work, done)
+        return launch(self, "refine", work, on_success(apply))
 
 
 class BSB_OT_shape_to_image(MeshOperator, bpy.types.Operator):
@@ -286,11 +287,7 @@ class BSB_OT_match_all(MeshOperator, bpy.types.Operator):
             summaries = api.apply_regions(req, regions, prefix)
             context.window_manager.bsb_job.message = f"{sum(r['found'] for r in summaries)} parts matched"
 
-        def done(regions, error):
-            if error is None:
-                deliver(lambda: apply(regions))
-
-        return launch(self, "match_all", work, done)
+        return launch(self, "match_all", work, on_success(apply))
 
 
 class BSB_OT_assign_material(MeshOperator, bpy.types.Operator):

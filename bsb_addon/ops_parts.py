@@ -13,7 +13,7 @@ import numpy as np
 from . import api, meshio, parts, session
 from .engine_client import EngineError
 from .ops_engine import launch
-from .ops_part import MeshOperator, _fail, _warn, deliver
+from .ops_part import MeshOperator, _fail, _warn, deliver, on_success
 
 TMP_PREFIX = "bsb_tmp_split"
 
@@ -96,11 +96,7 @@ class BSB_OT_split_parts(MeshOperator, bpy.types.Operator):
                 text += f" - {api.PLUMBING}"
             bpy.context.window_manager.bsb_job.message = text
 
-        def done(split, error):
-            if error is None:
-                deliver(lambda: apply(split))
-
-        return launch(self, "split", work, done)
+        return launch(self, "split", work, on_success(apply))
 
 
 class BSB_OT_find_part(MeshOperator, bpy.types.Operator):

@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 
 bpy = pytest.importorskip("bpy")
-import addon_utils  # noqa: E402
 import bmesh  # noqa: E402
-from test_addon_gui import fake_client, members, pump, reset_scene, sphere, z_of  # noqa: E402
+from test_addon_gui import addon, fake_client, gui, members, pump, reset_scene, sphere, z_of  # noqa: E402,F401 (fixtures)
 
-from bsb_addon import feedback, meshmath, parts, session  # noqa: E402
+from bsb_addon import meshmath, parts, session  # noqa: E402
 from bsb_addon.errors import InputError  # noqa: E402
 from bsb_addon.jobs import MeshFiles, ResultError  # noqa: E402
 
@@ -74,28 +73,6 @@ def test_part_text_is_one_trimmed_line():
 
 
 # -- the operators, headless on the GUI path -----------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def addon():
-    mod = addon_utils.enable("bsb_addon", default_set=True, handle_error=None)
-    assert mod is not None
-    yield mod
-    session.release()
-    addon_utils.disable("bsb_addon", default_set=True)
-
-
-@pytest.fixture
-def gui(addon, tmp_path, monkeypatch):
-    monkeypatch.setattr(session, "_force_interactive", True)
-    reports: list[tuple[str, str]] = []
-    monkeypatch.setattr(feedback, "report", lambda level, msg: reports.append((level, msg)))
-    reset_scene()
-    session.use_client(fake_client(tmp_path))
-    yield reports
-    session.cancel_job()
-    pump(timeout=10)
-    session.release()
-
 
 def split_groups(obj) -> list[str]:
     return sorted(g.name for g in obj.vertex_groups if parts.is_split_name(g.name, "Split"))
