@@ -7,8 +7,8 @@ real weights it writes the match; without them it stops with the model store's m
 plumbing check (`--profile tiny`, random weights, labelled so in the output and the picture).
 
 `python -m engine.demo --oracle` is the ORACLE run: the procedural sample chair (engine.sample_meshes,
-parts known by construction) prepared and matched through the real `Session` path with the shipped cpu
-settings, but with oracle teachers (engine.evaluation.oracle_models) instead of SAM and DINOv2. It checks
+parts known by construction) prepared and matched through the real `Session` path with the settings
+shipped for a CPU (`default_profile`: `fast`), but with oracle teachers (engine.evaluation.oracle_models) instead of SAM and DINOv2. It checks
 that a click on the seat in a held-out image selects the seat; every output says it is an oracle run.
 """
 
@@ -163,7 +163,8 @@ class OracleRun:
 
 
 def oracle_run(cache: Path | None, out: Path | None = None, progress=None) -> OracleRun:
-    """Prepare the sample chair under oracle teachers (shipped cpu settings), click the seat, check the answer."""
+    """Prepare the sample chair under oracle teachers (the settings shipped for a CPU), click the seat, check
+    the answer."""
     from engine import results
     from engine.bsb.regions import interior_pixel
     from engine.cameras import look_at
@@ -171,13 +172,16 @@ def oracle_run(cache: Path | None, out: Path | None = None, progress=None) -> Or
     from engine.evaluation.oracle_models import Registry, oracle_models, register_renders, register_scene
     from engine.evaluation.scenes import render_scene
     from engine.images import image_from_array
-    from engine.pipeline import Session, settings_for
+    import torch
+
+    from engine.pipeline import Session, default_profile, settings_for
     from engine.preview import save_png
 
     lm = oracle_chair()
     seat = lm.part_names.index("seat")
     registry = Registry(ORACLE_SPACE, lm.n_parts)
-    session = Session(device="cpu", models=oracle_models(registry), settings=settings_for("cpu"),
+    profile = default_profile(torch.device("cpu"))
+    session = Session(device="cpu", models=oracle_models(registry, profile=profile), settings=settings_for(profile),
                       cache_dir=cache, use_cache=cache is not None)
     register_renders(registry, lm, session.settings)
     scene = render_scene(lm, look_at(np.array(ORACLE_EYE)), ORACLE_SIZE, seed=0, decal_radius=0.0)

@@ -1,4 +1,4 @@
-"""The demo's oracle run: the sample chair, oracle teachers, shipped cpu settings; a seat click selects the seat."""
+"""The demo's oracle run: the sample chair, oracle teachers, the settings shipped for a CPU; a seat click selects the seat."""
 
 from __future__ import annotations
 

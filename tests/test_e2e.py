@@ -1,8 +1,8 @@
 """The engine end to end under oracle teachers: a broken stage must show in the final part IoU.
 
 Two small meshes (the procedural sample chair and PSB bearing/344) go through `Session.prepare` with the
-SHIPPED cpu settings and oracle DINO/SAM (engine.evaluation.oracle_models); held-out test images are
-matched by BSB through `Session.match` and seeded by the trained iSeg decoder. With the shipped
+settings SHIPPED for a CPU (`default_profile`: `fast`) and oracle DINO/SAM (engine.evaluation.oracle_models);
+held-out test images are matched by BSB through `Session.match` and seeded by the trained iSeg decoder. With the shipped
 configuration the final 3D selection must overlap the clicked ground-truth part (mean IoU >= 0.6); with a
 feature model that answers test images with shuffled part labels it must fall below 0.3. The shuffled
 model changes only what test images look like, so both runs share one preparation per mesh.
@@ -16,7 +16,9 @@ import pytest
 from engine.demo import ORACLE_SPACE, oracle_chair
 from engine.evaluation.data import load_labelled
 from engine.evaluation.e2e import E2EProtocol, Space, bsb_part_iou, mesh_trials
-from engine.pipeline import settings_for
+import torch
+
+from engine.pipeline import default_profile, settings_for
 
 PROTOCOL = E2EProtocol(views=2, clicks=3, cross_pairs=())
 
@@ -32,7 +34,7 @@ def spaces(tmp_path_factory, shared_data):
     chair, bearing = oracle_chair(), load_labelled("bearing/344", root=shared_data)
     out = []
     for name, lm in ((ORACLE_SPACE, chair), (f"mesh:{bearing.name}", bearing)):
-        space = Space(name, lm.n_parts, PROTOCOL, settings_for("cpu"), cache)
+        space = Space(name, lm.n_parts, PROTOCOL, settings_for(default_profile(torch.device("cpu"))), cache)
         space.prepare(lm)
         out.append((space, lm))
     return out
