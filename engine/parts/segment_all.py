@@ -7,7 +7,7 @@
    clear-cut the decoder's answer is) times *agreement* (mean area-IoU between the region and the
    regions that the other seeds lying inside it produce: a real part gives the same answer wherever
    it is clicked; a region that changes with the click point is not one part). A confident region that
-   holds no other seed gets probe clicks instead: two more clicks inside it, far from its seed
+   holds no other seed gets probe clicks instead: one or two more clicks inside it, far from its seed
    (PROBE_QUANTILES of the distances, off its border), and its agreement is the best area-IoU of their
    regions with it (a real part answers ~0.9+; a click-shaped blob moves with the click). The decoder
    was trained on the views' segmenter masks, so agreement between clicks is agreement between the
@@ -46,8 +46,9 @@ Cancel = Callable[[], bool] | None
 @dataclass(frozen=True)
 class SegmentAllSettings:
     """Shipped settings (bench/parts.py measures them). `n_seeds` bounds the cost: one decoder pass per
-    seed (~0.15 s at 50k vertices on 2 cores), plus two probe passes per confident region holding no
-    other seed (0-5 such regions on the quick bench meshes). `min_area` is a share of the surface area.
+    seed (~0.15 s at 50k vertices on 2 cores), plus one or two probe passes per confident region holding
+    no other seed (0-5 such regions on the quick bench meshes; at most 2 x n_seeds more passes).
+    `min_area` is a share of the surface area.
     `min_confidence`: on the quick bench meshes, oracle-trained decoders answer most seeds with
     confidence 0.9+ and their worst proposals (IoU < 0.5 with any part) with 0.14-0.3; decoders trained
     on shuffled labels never exceed 0.12. 0.15 scored best of 0-0.2 on all six meshes.
@@ -71,9 +72,10 @@ class SegmentAllSettings:
     min_agreement: float = 0.65
 
 
-# Where the probe clicks go (quantiles of the region's distances from its seed), the best of the two
-# counting: one probe alone can land where a real small part's answer differs (the test bird's 3%-of-the-
-# surface part probed 0.20-0.36 at 0.65 and 0.90-0.92 at 0.85; an airplane part 0.92 at 0.65, 0.56 at 0.85).
+# Where the probe clicks go (quantiles of the region's distances from its seed), in order. The best
+# counts, and a second probe is clicked only when the first is below min_agreement: one probe alone can
+# land where a real small part's answer differs (the test bird's 3%-of-the-surface part probed 0.20-0.36
+# at 0.65 and 0.90-0.92 at 0.85; an airplane part 0.92 at 0.65 and 0.56 at 0.85).
 PROBE_QUANTILES = (0.65, 0.85)
 
 
@@ -160,17 +162,24 @@ def propose(iseg: Any, faces: np.ndarray, vertices: np.ndarray, settings: Segmen
         if others.size:
             agreement[i] = float(_area_iou(masks, areas, i, others).mean())
         elif confidence[i] >= settings.min_confidence and masks[i].any():
-            agreement[i] = max(_probe_iou(iseg, faces, masks[i], areas, v, cancel)
-                               for v in _probe_vertices(masks[i], int(seeds[i]), vertices, faces))
+            agreement[i] = _probe_agreement(iseg, faces, vertices, masks[i], areas, int(seeds[i]),
+                                            settings.min_agreement, cancel)
     return Proposals(seeds, prob, masks, confidence * agreement, confidence, agreement)
 
 
-def _probe_iou(iseg: Any, faces: np.ndarray, mask: np.ndarray, areas: np.ndarray, v: int, cancel: Cancel) -> float:
-    """Area IoU between `mask` and the region a click on vertex v selects."""
-    if cancel is not None and cancel():
-        raise Cancelled()
-    probe = select_vertices(iseg.predict([(v, True)]), faces, [(v, True)])
-    return float((probe & mask) @ areas / ((probe | mask) @ areas))
+def _probe_agreement(iseg: Any, faces: np.ndarray, vertices: np.ndarray, mask: np.ndarray, areas: np.ndarray,
+                     seed: int, enough: float, cancel: Cancel) -> float:
+    """Best area IoU between `mask` and the regions that probe clicks in it select; stops at the first
+    probe reaching `enough` (most real parts need one decoder pass, blobs two)."""
+    best = 0.0
+    for v in _probe_vertices(mask, seed, vertices, faces):
+        if cancel is not None and cancel():
+            raise Cancelled()
+        probe = select_vertices(iseg.predict([(v, True)]), faces, [(v, True)])
+        best = max(best, float((probe & mask) @ areas / ((probe | mask) @ areas)))
+        if best >= enough:
+            break
+    return best
 
 
 def build_tree(proposals: Proposals, vertices: np.ndarray, faces: np.ndarray,
