@@ -11,7 +11,7 @@ from engine.errors import BsbError
 from engine.parts.geometric import faces_to_vertices, normal_regions
 from engine.parts.graph import absorb_small, components, mesh_edges, vertex_areas
 from engine.parts.metrics import best_match_miou, rand_index, vertex_to_face_labels
-from engine.parts.segment_all import PartTree, cut
+from engine.parts.segment_all import PartTree, SegmentAllSettings, build_tree, cut, propose
 from engine.parts.text import view_votes
 
 
@@ -68,6 +68,36 @@ def test_cut_is_monotone_and_checks_its_range():
     assert set(mid.seed.tolist()) == {6, 11}       # the best-scoring seed of each merged part
     with pytest.raises(BsbError):
         cut(tree, 1.5)
+
+
+class _BlobDecoder:
+    """A decoder that learned nothing: a disc of high probability around whatever vertex is clicked."""
+
+    def __init__(self, vertices, radius):
+        self.vertices, self.radius = vertices, radius
+
+    def predict(self, clicks):
+        d = np.linalg.norm(self.vertices - self.vertices[clicks[0][0]], axis=1)
+        return np.where(d < self.radius, 0.9, 0.05).astype(np.float32)
+
+
+def test_probe_clicks_keep_parts_and_reject_blobs_that_move_with_the_click():
+    v, f = grid(40)
+    settings = SegmentAllSettings()
+    # a checkerboard of 0.2-wide cells: each cell answers the same wherever it is clicked
+    cell = (np.minimum(v[:, 0] // 0.2, 4) * 5 + np.minimum(v[:, 1] // 0.2, 4)).astype(int)
+    calls = []
+    parts = _StubDecoder([cell == k for k in range(25)])
+    parts.predict = lambda clicks, one=parts.predict: calls.append(clicks) or one(clicks)
+    real = propose(parts, f, v, settings)
+    assert len(calls) > settings.n_seeds                  # cells holding one seed were probed...
+    assert (real.agreement >= 0.9).all()                  # ...and answered the same region
+    # discs around the click that hold no other seed (so no seed agreement) and shift with the probe click
+    blobs = propose(_BlobDecoder(v, 0.14), f, v, settings)
+    assert (blobs.masks[:, blobs.seeds].sum(1) == 1).all()
+    assert (blobs.confidence > 0.8).all()                 # confident, so only agreement can reject them
+    assert (blobs.agreement < settings.min_agreement).all(), blobs.agreement
+    assert cut(build_tree(blobs, v, f, settings), settings.granularity).n_parts == 1
 
 
 def test_view_votes_average_over_the_views_that_see_a_vertex():

@@ -6,14 +6,17 @@
 2. Scores: *confidence* (mean probability inside the region minus mean probability outside: how
    clear-cut the decoder's answer is) times *agreement* (mean area-IoU between the region and the
    regions that the other seeds lying inside it produce: a real part gives the same answer wherever
-   it is clicked; a region that changes with the click point is not one part). The decoder was
-   trained on the views' segmenter masks, so agreement between clicks is agreement between the
+   it is clicked; a region that changes with the click point is not one part). A confident region that
+   holds no other seed gets probe clicks instead: one or two more clicks inside it, far from its seed
+   (PROBE_QUANTILES of the distances, off its border), and its agreement is the best area-IoU of their
+   regions with it (a real part answers ~0.9+; a click-shaped blob moves with the click). The decoder
+   was trained on the views' segmenter masks, so agreement between clicks is agreement between the
    views it learned from.
-3. Suppression: a proposal whose confidence is under `min_confidence` is no part (a decoder that
-   learned nothing still answers a click with a faint bump of probability around it; thresholding
-   that bump yields click-shaped blobs, FPS cells that any segmentation metric rewards a little, so
-   such answers must not become parts). The rest, sorted by score; one overlapping a kept region by
-   more than `nms_iou` (area IoU) is dropped.
+3. Suppression: a proposal whose confidence is under `min_confidence` or whose agreement is under
+   `min_agreement` is no part (a decoder that learned nothing still answers a click with a faint bump
+   of probability around it; thresholding that bump yields click-shaped blobs, FPS cells that any
+   segmentation metric rewards a little, so such answers must not become parts). The rest, sorted by
+   score; one overlapping a kept region by more than `nms_iou` (area IoU) is dropped.
 4. Finest partition: each vertex goes to the smallest kept region holding it (nested parts survive),
    else to the kept proposal with the highest probability, so every vertex is assigned; pieces under
    `min_area` of the surface join their neighbour.
@@ -43,16 +46,37 @@ Cancel = Callable[[], bool] | None
 @dataclass(frozen=True)
 class SegmentAllSettings:
     """Shipped settings (bench/parts.py measures them). `n_seeds` bounds the cost: one decoder pass per
-    seed (~0.15 s at 50k vertices on 2 cores). `min_area` is a share of the surface area.
+    seed (~0.15 s at 50k vertices on 2 cores), plus one or two probe passes per confident region holding
+    no other seed (0-5 such regions on the quick bench meshes; at most 2 x n_seeds more passes).
+    `min_area` is a share of the surface area.
     `min_confidence`: on the quick bench meshes, oracle-trained decoders answer most seeds with
     confidence 0.9+ and their worst proposals (IoU < 0.5 with any part) with 0.14-0.3; decoders trained
-    on shuffled labels never exceed 0.12. 0.15 scored best of 0-0.2 on all six meshes."""
+    on shuffled labels never exceed 0.12. 0.15 scored best of 0-0.2 on all six meshes.
+    `min_agreement`: the small decoders that tests/test_parts_oracle.py trains on shuffled labels of the
+    bird (18: 9 label shuffles x 1 and 2 threads) reach confidence 0.15-0.24; with the agreement of a
+    seedless region taken as 1, 6 of 18 split the bird into 10-37 blobs scoring mIoU 0.26-0.36
+    (baseline 0.17, the test allows 0.32). Their regions' agreements: 0-0.56, above that only regions
+    of ~0.6% of the surface (0.7-0.95) and one of 0.75, each then the only region kept, so one part.
+    The oracle decoders' seedless real parts probe 0.90-1.0. At 0.5 one shuffled decoder still scored
+    0.28; 0.6-0.75 all gave the same oracle mIoU on the six bench meshes and the test bird and left
+    every shuffled decoder one part; 0.65 is the middle of that range. It drops oracle proposals that
+    straddle two parts (agreement 0.25-0.51: fish 0.83 -> 0.85 and 0.92 in two trainings, airplane
+    0.72 -> 0.80 in one and 0.78 -> 0.77 in another, where the dropped region covered half a part),
+    and on the test's small bird decoder a neck region that leaks into the body (0.87 -> 0.79-0.80)."""
 
     n_seeds: int = 24
     min_confidence: float = 0.15
     nms_iou: float = 0.5
     min_area: float = 0.005
     granularity: float = 0.5
+    min_agreement: float = 0.65
+
+
+# Where the probe clicks go (quantiles of the region's distances from its seed), in order. The best
+# counts, and a second probe is clicked only when the first is below min_agreement: one probe alone can
+# land where a real small part's answer differs (the test bird's 3%-of-the-surface part probed 0.20-0.36
+# at 0.65 and 0.90-0.92 at 0.85; an airplane part 0.92 at 0.65 and 0.56 at 0.85).
+PROBE_QUANTILES = (0.65, 0.85)
 
 
 @dataclass
@@ -99,11 +123,24 @@ def _area_iou(masks: np.ndarray, areas: np.ndarray, i: int, others: np.ndarray) 
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def propose(iseg: Any, faces: np.ndarray, vertices: np.ndarray, n_seeds: int, progress: Progress = None,
-            cancel: Cancel = None) -> Proposals:
-    """Seed clicks at farthest-point vertices, their iSeg regions and scores."""
+def _probe_vertices(mask: np.ndarray, seed: int, vertices: np.ndarray, faces: np.ndarray) -> list[int]:
+    """Vertices of the region far from its seed (PROBE_QUANTILES of the distances), off its border if it has
+    an interior."""
+    inside = mask[faces]
+    border = np.zeros(len(mask), bool)
+    border[faces[inside.any(1) & ~inside.all(1)]] = True
+    interior = np.nonzero(mask & ~border)[0]
+    cand = interior if interior.size >= 2 else np.nonzero(mask)[0]
+    order = cand[np.argsort(np.linalg.norm(vertices[cand] - vertices[seed], axis=1), kind="stable")]
+    return [int(order[int(round(q * (len(order) - 1)))]) for q in PROBE_QUANTILES]
+
+
+def propose(iseg: Any, faces: np.ndarray, vertices: np.ndarray, settings: SegmentAllSettings = SegmentAllSettings(),
+            progress: Progress = None, cancel: Cancel = None) -> Proposals:
+    """Seed clicks at farthest-point vertices, their iSeg regions and scores (with probe clicks in each
+    confident region that holds no other seed)."""
     areas = vertex_areas(vertices, faces)
-    seeds = farthest_point_sampling(vertices, n_seeds, start=int(np.argmin(vertices[:, 1])))
+    seeds = farthest_point_sampling(vertices, settings.n_seeds, start=int(np.argmin(vertices[:, 1])))
     prob = np.empty((len(seeds), len(vertices)), np.float32)
     masks = np.empty((len(seeds), len(vertices)), bool)
     for i, v in enumerate(seeds):
@@ -124,7 +161,25 @@ def propose(iseg: Any, faces: np.ndarray, vertices: np.ndarray, n_seeds: int, pr
         others = others[others != i]
         if others.size:
             agreement[i] = float(_area_iou(masks, areas, i, others).mean())
+        elif confidence[i] >= settings.min_confidence and masks[i].any():
+            agreement[i] = _probe_agreement(iseg, faces, vertices, masks[i], areas, int(seeds[i]),
+                                            settings.min_agreement, cancel)
     return Proposals(seeds, prob, masks, confidence * agreement, confidence, agreement)
+
+
+def _probe_agreement(iseg: Any, faces: np.ndarray, vertices: np.ndarray, mask: np.ndarray, areas: np.ndarray,
+                     seed: int, enough: float, cancel: Cancel) -> float:
+    """Best area IoU between `mask` and the regions that probe clicks in it select; stops at the first
+    probe reaching `enough` (most real parts need one decoder pass, blobs two)."""
+    best = 0.0
+    for v in _probe_vertices(mask, seed, vertices, faces):
+        if cancel is not None and cancel():
+            raise Cancelled()
+        probe = select_vertices(iseg.predict([(v, True)]), faces, [(v, True)])
+        best = max(best, float((probe & mask) @ areas / ((probe | mask) @ areas)))
+        if best >= enough:
+            break
+    return best
 
 
 def build_tree(proposals: Proposals, vertices: np.ndarray, faces: np.ndarray,
@@ -135,7 +190,8 @@ def build_tree(proposals: Proposals, vertices: np.ndarray, faces: np.ndarray,
     masks, prob = proposals.masks, proposals.prob
     kept: list[int] = []
     for i in np.argsort(-proposals.scores, kind="stable"):
-        if proposals.confidence[i] < settings.min_confidence or proposals.scores[i] <= 0 or not masks[i].any():
+        if (proposals.confidence[i] < settings.min_confidence or proposals.agreement[i] < settings.min_agreement
+                or proposals.scores[i] <= 0 or not masks[i].any()):
             continue
         if kept and _area_iou(masks, areas, int(i), np.asarray(kept)).max() > settings.nms_iou:
             continue
@@ -243,7 +299,7 @@ def segment_all(prepared: Any, settings: SegmentAllSettings = SegmentAllSettings
     """Parts of a `pipeline.PreparedMesh` at `settings.granularity`, and the tree to re-cut it cheaply."""
     mesh = prepared.mesh
     start = time.perf_counter()
-    proposals = propose(prepared.iseg, mesh.faces, mesh.vertices, settings.n_seeds, progress, cancel)
+    proposals = propose(prepared.iseg, mesh.faces, mesh.vertices, settings, progress, cancel)
     tree = build_tree(proposals, mesh.vertices, mesh.faces, settings)
     tree.seconds = time.perf_counter() - start
     return cut(tree, settings.granularity), tree
