@@ -30,7 +30,7 @@ def test_predict_takes_any_number_of_clicks_and_vertex_zero_can_be_negative():
         assert p.shape == (500,) and p.dtype == np.float32 and np.all((p >= 0) & (p <= 1))
     # the clicks matter: a different click set gives a different answer
     assert not np.allclose(model.predict([(3, True)]), model.predict([(3, True), (0, False)]))
-    # order of clicks does not matter (softmax over a set)
+    # order of clicks does not matter (a softmax over the positives, a gate per negative)
     assert np.allclose(model.predict([(1, True), (7, False)]), model.predict([(7, False), (1, True)]), atol=1e-6)
 
 
@@ -57,6 +57,14 @@ def test_save_load_round_trip(tmp_path):
     assert np.array_equal(model.predict(clicks), again.predict(clicks))
     with pytest.raises(BsbError, match="does not exist"):
         ISegModel.load(tmp_path / "missing.pt")
+
+
+def test_a_model_file_of_an_older_format_is_refused_with_prepare_again(tmp_path):
+    random_model().save(tmp_path / "iseg.pt")
+    blob = torch.load(tmp_path / "iseg.pt", weights_only=True)
+    torch.save({**blob, "format": "bsb-iseg-1"}, tmp_path / "old.pt")
+    with pytest.raises(BsbError, match="another engine version .*bsb-iseg-1.*prepare the mesh again"):
+        ISegModel.load(tmp_path / "old.pt")
 
 
 def test_cancel_stops_training():

@@ -12,8 +12,14 @@ enter:
 The per-click cost is O(V * (C * attn_dim + head_depth * width^2)): well under 0.3 s at 50k vertices
 on 2 CPU cores.
 
-Clicks are explicit (vertex, positive) pairs: positives and negatives have their own key and value
-projections, and the softmax runs over the clicks, so any number of clicks (>= 1) works.
+Clicks are explicit (vertex, positive) pairs with their own key and value projections per sign, so any
+number of clicks (>= 1 positive) works. Positives share a softmax (a vertex takes the value of the
+positive whose part it is in); each negative has its own sigmoid gate on its value, added on top. Why
+not one softmax over all clicks: there a negative competes with the positives, and once its scores
+fall far below theirs its weight and gradient underflow to zero and the negative is never learned (on
+PSB glasses a sub-part cut then left the prediction bit-identical, in up to 3 of 4 cases per seed). The
+gate's logit is bounded, `tau * cos(query, key) + bias` with a learned scalar temperature and offset
+(Adam moves a scalar by about lr per step), so the gates keep passing gradient.
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+
+NEG_TAU = 4.0  # initial temperature of the negative gate: its logit starts within +-4 of the bias
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,10 @@ class ClickDecoder(nn.Module):
         self.key_neg = nn.Linear(w, d)
         self.value_pos = nn.Linear(w, w)
         self.value_neg = nn.Linear(w, w, bias=False)
+        # The negative gate's temperature (log) and offset: scalars, so Adam moves each by at most ~lr per
+        # step and the gates stay in a range that still passes gradient.
+        self.neg_log_tau = nn.Parameter(torch.tensor(math.log(NEG_TAU)))
+        self.neg_bias = nn.Parameter(torch.zeros(()))
         self.first = nn.Linear(w, w)
         self.head = nn.Sequential(nn.ReLU(), nn.LayerNorm(w), _mlp([w] * config.head_depth + [1]))
 
@@ -89,19 +103,23 @@ class ClickDecoder(nn.Module):
         return VertexCache(embed=embed, query=self.query(embed), first=self.first(embed))
 
     def click_terms(self, click_embed: torch.Tensor, positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys (..., C, attn_dim) and values (..., C, width) of clicks with embeddings `click_embed`."""
+        """Keys (..., C, attn_dim) and values (..., C, width) of clicks with embeddings `click_embed`;
+        negatives' keys are unit vectors (their gate uses the cosine)."""
         pos = positive.unsqueeze(-1)
-        keys = torch.where(pos, self.key_pos(click_embed), self.key_neg(click_embed))
+        keys = torch.where(pos, self.key_pos(click_embed), F.normalize(self.key_neg(click_embed), dim=-1))
         values = torch.where(pos, self.value_pos(click_embed), self.value_neg(click_embed))
         return keys, values
 
     def decode(self, query: torch.Tensor, first: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-               valid: torch.Tensor | None = None) -> torch.Tensor:
+               positive: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, R) for rows with `query (B,R,d)`, `first (B,R,w)` given clicks `keys (B,C,d)`,
-        `values (B,C,w)`; `valid (B,C)` masks padded clicks (each row needs at least one valid click)."""
-        scores = torch.einsum("brd,bcd->brc", query, keys) / math.sqrt(self.config.attn_dim)
-        if valid is not None:
-            scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
-        attn = torch.softmax(scores, dim=-1)
-        hidden = first + torch.einsum("brc,bcw->brw", attn, values)
+        `values (B,C,w)`, `positive (B,C)`; `valid (B,C)` masks padded clicks (each row needs at least
+        one valid positive click)."""
+        dots = torch.einsum("brd,bcd->brc", query, keys)
+        pos = positive if valid is None else positive & valid
+        neg = ~positive if valid is None else ~positive & valid
+        attn = torch.softmax((dots / math.sqrt(self.config.attn_dim)).masked_fill(~pos[:, None, :], float("-inf")), -1)
+        cosine = dots / query.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        gate = torch.sigmoid(self.neg_log_tau.exp() * cosine + self.neg_bias) * neg[:, None, :]
+        hidden = first + torch.einsum("brc,bcw->brw", attn + gate, values)
         return self.head(hidden).squeeze(-1)

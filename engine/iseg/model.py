@@ -15,6 +15,9 @@ from engine.errors import BsbError, NotFoundError
 from engine.iseg.decoder import ClickDecoder, DecoderConfig, VertexCache
 
 CHUNK = 65536  # vertices per forward pass at inference: bounds memory on big meshes
+# Saved-file format; bumped when the decoder's state changes (2: negative clicks' gate). Older files are
+# refused with "prepare again", and the mesh cache rebuilds such an entry.
+FORMAT = "bsb-iseg-2"
 
 
 class ISegModel:
@@ -63,13 +66,13 @@ class ISegModel:
         with torch.inference_mode():
             keys, values = self.decoder.click_terms(cache.embed[ids][None], positive[None])
             out = [torch.sigmoid(self.decoder.decode(cache.query[None, i:i + CHUNK], cache.first[None, i:i + CHUNK],
-                                                     keys, values))[0]
+                                                     keys, values, positive[None]))[0]
                    for i in range(0, self.n_vertices, CHUNK)]
         return torch.cat(out).float().cpu().numpy()
 
     def save(self, path: str | Path) -> None:
         """One file with the decoder weights, its sizes and the features (loadable with weights_only)."""
-        torch.save({"format": "bsb-iseg-1", "config": self.decoder.config.to_dict(),
+        torch.save({"format": FORMAT, "config": self.decoder.config.to_dict(),
                     "state": {k: v.cpu() for k, v in self.decoder.state_dict().items()},
                     "features": self.features.cpu()}, str(path))
 
@@ -79,7 +82,10 @@ class ISegModel:
         if not path.is_file():
             raise NotFoundError(f"iSeg model file {path} does not exist; prepare the mesh again")
         blob = torch.load(str(path), map_location="cpu", weights_only=True)
-        if not isinstance(blob, dict) or blob.get("format") != "bsb-iseg-1":
+        if isinstance(blob, dict) and str(blob.get("format", "")).startswith("bsb-iseg-") and blob["format"] != FORMAT:
+            raise BsbError(f"{path} is an iSeg model of another engine version ({blob['format']}, this one reads "
+                           f"{FORMAT}); prepare the mesh again", "bad_request")
+        if not isinstance(blob, dict) or blob.get("format") != FORMAT:
             raise BsbError(f"{path} is not an iSeg model saved by this engine; prepare the mesh again", "bad_request")
         decoder = ClickDecoder(DecoderConfig(**blob["config"]))
         decoder.load_state_dict(blob["state"])

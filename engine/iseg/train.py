@@ -410,7 +410,7 @@ def train_decoder(faces: np.ndarray, raster, features: torch.Tensor, samples: Cl
         cache = decoder.precompute(features[needed])
         rows, click_rows = inverse[:b * 3 * m].reshape(b, 3 * m), inverse[b * 3 * m:].reshape(b, -1)
         keys, values = decoder.click_terms(cache.embed[click_rows], positive[batch])
-        logits = decoder.decode(cache.query[rows], cache.first[rows], keys, values, valid[batch])
+        logits = decoder.decode(cache.query[rows], cache.first[rows], keys, values, positive[batch], valid[batch])
         prob = (torch.sigmoid(logits).reshape(b, m, 3) * corner_w[t]).sum(-1)
         loss = (F.binary_cross_entropy(prob.clamp(1e-6, 1 - 1e-6), target, reduction="none") * w).mean()
         opt.zero_grad(set_to_none=True)
