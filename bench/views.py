@@ -1,4 +1,4 @@
-"""What the SAM view count buys: the end-to-end oracle benchmark's final part IoU against `sam_views`.
+"""What the SAM (or DINO) view count buys: the end-to-end oracle benchmark's final part IoU per setting.
 
 Every point runs the engine's real preparation (renders -> oracle DINO/SAM teachers -> distilled fields ->
 trained iSeg decoder; engine.evaluation.e2e, no cache, so every preparation is fresh and timed) with the
@@ -17,6 +17,11 @@ meshes with every setting measured count. `--quick`: 6 small meshes of 6 categor
 clicks each: ~60 CPU-s per point, 36 points (set OMP_NUM_THREADS=1 on a shared machine). `--results F`
 appends each finished point to F and skips those already there, so runs can be split across processes
 and resumed; `--summarize-only` tabulates F.
+`--dino V[:S] ...` runs the DINO curve instead: the profile's settings with `dino_views` V (and `dino_steps`
+S, else the profile's), `sam_views` kept; the paired differences are then to the profile's shipped DINO
+point (list it among the points, e.g. `--dino 100 50 25 50:50` for `fast`), and the JSON keys read
+`..._by_dino_views`, keyed "V:S" (e2e_part_iou_by_dino_views, iseg_true_click_iou_by_dino_views,
+e2e_part_iou_minus_shipped_by_dino_views, prepare_cpu_s_by_dino_views, ...).
 """
 
 from __future__ import annotations
@@ -94,12 +99,24 @@ def fmt(pair) -> str:
     return f"{pair[0]:.3f} ± {pair[1]:.3f}"
 
 
+def dino_curve(profile: str, points: list[str]) -> tuple[dict, str]:
+    """Settings per DINO point ("V" or "V:S") keyed by "V:S", plus the key of the profile's shipped point
+    (the reference every difference is paired against, where it is one of the points)."""
+    base = settings_for(profile)
+    shipped = f"{base.dino_views}:{base.dino_steps}"
+    keys = [p if ":" in p else f"{p}:{base.dino_steps}" for p in points]
+    return {k: settings_for(profile, dino_views=int(k.split(":")[0]), dino_steps=int(k.split(":")[1]))
+            for k in keys}, shipped
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="6 small meshes, 2 test views x 6 clicks")
     ap.add_argument("--meshes", nargs="*", default=None, help="names like airplane/61")
     ap.add_argument("--sam-views", nargs="*", default=list(SETTINGS),
                     help="view counts, and `cpu` for the cpu profile's own settings, in the order they run")
+    ap.add_argument("--dino", nargs="*", default=None, metavar="V[:S]",
+                    help="run the DINO curve instead: dino_views V (and dino_steps S) per point")
     ap.add_argument("--profile", default="fast", help="whose per-mesh settings the curve uses")
     ap.add_argument("--by-setting", action="store_true",
                     help="run every mesh of one setting before the next (default: every setting of one mesh)")
@@ -115,8 +132,16 @@ def main() -> None:
                                clicks=args.clicks or (6 if args.quick else 5), cross_pairs=(), seed=args.seed)
     start = time.perf_counter()
     say = lambda m: print(f"[{time.perf_counter() - start:6.0f}s] {m}", file=sys.stderr, flush=True)  # noqa: E731
-    settings = {n: settings_for("cpu") if n == "cpu" else settings_for(args.profile, sam_views=int(n))
-                for n in args.sam_views}
+    if args.dino is not None:  # labels "dino_views=V,dino_steps=S" keep these rows apart from the SAM curve's
+        curve, ref_key = dino_curve(args.profile, args.dino)
+        settings = {f"dino_views={k.replace(':', ',dino_steps=')}": s for k, s in curve.items()}
+        key_of = dict(zip(settings, curve))
+        reference, ref_name, axis = f"dino_views={ref_key.replace(':', ',dino_steps=')}", "shipped", "dino_views"
+    else:
+        settings = {n: settings_for("cpu") if n == "cpu" else settings_for(args.profile, sam_views=int(n))
+                    for n in args.sam_views}
+        key_of = {n: int(n) for n in settings if n != "cpu"}
+        reference, ref_name, axis = "cpu", "cpu", "sam_views"
     done = [json.loads(line) for line in args.results.read_text().splitlines()] if (
         args.results and args.results.is_file()) else []
     order = [(m, label) for label in settings for m in meshes] if args.by_setting else [
@@ -135,35 +160,39 @@ def main() -> None:
     if not meshes:
         raise SystemExit("no mesh has every setting measured yet")
     whole = {label: [d for d in got[label] if d["mesh"] in meshes] for label in settings}
-    summary = {label: summarize(whole[label], whole.get("cpu")) for label in settings}
-    rows = dict(sorted(((int(k), v) for k, v in summary.items() if k != "cpu"), key=lambda kv: kv[0]))
+    summary = {label: summarize(whole[label], whole.get(reference)) for label in settings}
+    rows = {key_of[k]: v for k, v in summary.items() if k in key_of}
+    rows = dict(sorted(rows.items())) if axis == "sam_views" else rows
     cpu_row = summary.get("cpu")
 
     base = settings_for(args.profile)
-    print(f"e2e oracle benchmark, {args.profile} profile settings (dino_views {base.dino_views}, sam_size "
-          f"{base.sam_size}, sam_steps {base.sam_steps}, iSeg {base.iseg}) with sam_views varied; "
+    kept = f"sam_views {base.sam_views}" if axis == "dino_views" else f"dino_views {base.dino_views}"
+    print(f"e2e oracle benchmark, {args.profile} profile settings ({kept}, sam_size "
+          f"{base.sam_size}, sam_steps {base.sam_steps}, iSeg {base.iseg}) with {axis} varied; "
           f"{len(meshes)} meshes, {protocol.views} test views x {protocol.clicks} clicks; ± = one SE over trials "
-          "[over per-mesh means]; X - cpu: paired per-click difference to the cpu profile's row")
-    print(f"{'setting':>16s} {'n':>4s} {'BSB part IoU':>14s} {'[by mesh]':>14s} {'iSeg true click':>16s} "
-          f"{'prepare s':>10s} {'cpu s':>7s} {'prompts':>8s} {'BSB - cpu':>14s} {'true - cpu':>14s}")
-    labelled = [(f"sam_views={n}", r) for n, r in rows.items()] + ([("cpu profile (4)", cpu_row)] if cpu_row else [])
+          f"[over per-mesh means]; X - {ref_name}: paired per-click difference to the {reference} row")
+    print(f"{'setting':>31s} {'n':>4s} {'BSB part IoU':>14s} {'[by mesh]':>14s} {'iSeg true click':>16s} "
+          f"{'prepare s':>10s} {'cpu s':>7s} {'prompts':>8s} {'BSB - ' + ref_name:>14s} {'true - ' + ref_name:>14s}")
+    labelled = [(label, summary[label]) for label in settings if label in key_of] if axis == "dino_views" else (
+        [(f"sam_views={n}", r) for n, r in rows.items()] + ([("cpu profile (4)", cpu_row)] if cpu_row else []))
     for label, r in labelled:
-        print(f"{label:>16s} {r['n']:4d} {fmt(r['bsb']):>14s} {fmt(r['bsb_by_mesh']):>14s} "
+        print(f"{label:>31s} {r['n']:4d} {fmt(r['bsb']):>14s} {fmt(r['bsb_by_mesh']):>14s} "
               f"{fmt(r['true_click']):>16s} {r['prepare_s']:10.1f} {r['prepare_cpu_s']:7.1f} {r['prompts']:8.0f} "
               f"{fmt(r['bsb_minus_ref']) if r['bsb_minus_ref'][0] is not None else '-':>14s} "
               f"{fmt(r['true_minus_ref']) if r['true_minus_ref'][0] is not None else '-':>14s}")
     print("per mesh BSB IoU: " + "; ".join(
         f"{label}: " + ", ".join(f"{m} {v:.2f}" for m, v in r["per_mesh"].items()) for label, r in labelled))
+    minus = "cpu_profile" if axis == "sam_views" else "shipped"
     record = {
-        "e2e_part_iou_by_sam_views": {n: list(r["bsb"]) for n, r in rows.items()},
-        "e2e_part_iou_by_sam_views_mesh_se": {n: list(r["bsb_by_mesh"]) for n, r in rows.items()},
-        "prompts_by_sam_views": {n: round(r["prompts"]) for n, r in rows.items()},
-        "second_per_single_by_sam_views": {n: round(r["second_per_single"], 2) for n, r in rows.items()},
-        "iseg_true_click_iou_by_sam_views": {n: list(r["true_click"]) for n, r in rows.items()},
-        "e2e_part_iou_minus_cpu_profile_by_sam_views": {n: list(r["bsb_minus_ref"]) for n, r in rows.items()},
-        "iseg_true_click_iou_minus_cpu_profile_by_sam_views": {n: list(r["true_minus_ref"]) for n, r in rows.items()},
-        "prepare_s_by_sam_views": {n: round(r["prepare_s"], 1) for n, r in rows.items()},
-        "prepare_cpu_s_by_sam_views": {n: round(r["prepare_cpu_s"], 1) for n, r in rows.items()},
+        f"e2e_part_iou_by_{axis}": {n: list(r["bsb"]) for n, r in rows.items()},
+        f"e2e_part_iou_by_{axis}_mesh_se": {n: list(r["bsb_by_mesh"]) for n, r in rows.items()},
+        f"prompts_by_{axis}": {n: round(r["prompts"]) for n, r in rows.items()},
+        f"second_per_single_by_{axis}": {n: round(r["second_per_single"], 2) for n, r in rows.items()},
+        f"iseg_true_click_iou_by_{axis}": {n: list(r["true_click"]) for n, r in rows.items()},
+        f"e2e_part_iou_minus_{minus}_by_{axis}": {n: list(r["bsb_minus_ref"]) for n, r in rows.items()},
+        f"iseg_true_click_iou_minus_{minus}_by_{axis}": {n: list(r["true_minus_ref"]) for n, r in rows.items()},
+        f"prepare_s_by_{axis}": {n: round(r["prepare_s"], 1) for n, r in rows.items()},
+        f"prepare_cpu_s_by_{axis}": {n: round(r["prepare_cpu_s"], 1) for n, r in rows.items()},
         "cpu_profile_part_iou": list(cpu_row["bsb"]) if cpu_row else None,
         "cpu_profile_true_click_iou": list(cpu_row["true_click"]) if cpu_row else None,
         "cpu_profile_prepare_s": round(cpu_row["prepare_s"], 1) if cpu_row else None,
