@@ -19,7 +19,7 @@ appends each finished point to F and skips those already there, so runs can be s
 and resumed; `--summarize-only` tabulates F.
 `--dino V[:S] ...` runs the DINO curve instead: the profile's settings with `dino_views` V (and `dino_steps`
 S, else the profile's), `sam_views` kept; the paired differences are then to the profile's shipped DINO
-point (list it among the points, e.g. `--dino 100 50 25 50:50` for `fast`), and the JSON keys read
+point (list it among the points, e.g. `--dino 50:50 100:100 25:50` for `fast`), and the JSON keys read
 `..._by_dino_views`, keyed "V:S" (e2e_part_iou_by_dino_views, iseg_true_click_iou_by_dino_views,
 e2e_part_iou_minus_shipped_by_dino_views, prepare_cpu_s_by_dino_views, ...).
 """

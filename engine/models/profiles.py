@@ -27,7 +27,13 @@ embedding. Choices:
 - `fast` (default on CPU and Apple MPS, engine.pipeline.default_profile): EdgeTAM, the lightest SAM 2-class
   encoder in transformers (RepViT image encoder), ~4.5x cheaper per view than SAM 2.1-tiny and ~18x cheaper
   than SAM ViT-B here (CPU time, bench/models.py --quick --encoders), which buys 24 SAM views instead of `cpu`'s 4; DINOv2-S/14 with
-  registers (~60 ms per 224^2 view) for 100 DINO views.
+  registers (~60 ms per 224^2 view) on 50 DINO views with 50 field steps (engine.pipeline._FAST_EXTRA), chosen
+  from the end-to-end oracle curve (`bench/views.py --quick --dino 100:100 101:100 50:100 25:100 50:50 25:50`,
+  6 PSB meshes, 72 part clicks; BSB part IoU paired per click to the earlier 100 views x 100 steps, 0.687):
+  101 views (a null change) +0.022 +- 0.031, 50 views +0.008 +- 0.030, 25 views +0.008 +- 0.036, 50 views x 50 steps
+  +0.040 +- 0.044, 25 x 50 -0.009 +- 0.039; iSeg's true-click IoU does not depend on DINO (0.903 at every
+  point). 50 x 50 halves the DINO teacher and distillation (~30-40 CPU-s per thread off the first answer);
+  25 x 50 is also within noise but the oracle's part-constant features may flatter so few real DINOv2 views.
 - `balanced`: SAM 2.1-tiny and DINOv2-B/14 with registers, 24 SAM views: SAM 2.1's own weights at about
   a quarter of ViT-B's cost per view (CPU time), for when a few more minutes are acceptable.
 - `paper` (default on CUDA): the reference's models and view counts (1000 renders at 224 px for both
@@ -115,10 +121,10 @@ PROFILES: dict[str, Profile] = {
         dino_views=8, sam_views=4, sam_input_size=64,
         field_width=32, field_depth=1, distill_epochs=1, random_weights=True, cost=PROFILE_COSTS["tiny"]),
     "fast": Profile(
-        name="fast", description="CPU / Apple default: EdgeTAM on 24 views + DINOv2-S/14 with registers on 100",
+        name="fast", description="CPU / Apple default: EdgeTAM on 24 views + DINOv2-S/14 with registers on 50",
         dino_id="facebook/dinov2-with-registers-small", dino_input_size=224,
         sam_type="edgetam", sam_checkpoint="", sam_id="yonigozlan/EdgeTAM-hf",
-        dino_views=100, sam_views=24, sam_input_size=512,
+        dino_views=50, sam_views=24, sam_input_size=512,
         field_width=256, field_depth=3, distill_epochs=3,
         cost=PROFILE_COSTS["fast"]),
     "balanced": Profile(
