@@ -8,7 +8,7 @@ Modes: "real" uses the profile's SAM + DINOv2 weights through the engine's prepa
 the run is "oracle": a ground-truth segmenter and planted features (engine.evaluation.oracle), which
 measures the matching logic only. `--profile tiny` runs the real path on random weights ("plumbing").
 "e2e" runs every trial through the engine's real preparation, BSB and iSeg seeding with ORACLE teachers
-(engine.evaluation.e2e, oracle_models) and the shipped cpu profile settings (`--set key=value` overrides
+(engine.evaluation.e2e, oracle_models) and the settings shipped for a CPU (`fast`; `--profile` picks another) (`--set key=value` overrides
 them, e.g. `--set sam_views=8 --set sam_steps=150 --set iseg.steps=400`, for quality-vs-seconds sweeps);
 it also sweeps the oracle segmenter's error rate and the feature confusion.
 Prints a table, then one JSON line (keys: mode, bsb_success, ...; e2e: e2e_bsb_success, e2e_bsb_success_se,
@@ -75,14 +75,17 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def run_e2e(args: argparse.Namespace, start: float) -> None:
-    """The end-to-end benchmark (engine.evaluation.e2e): shipped cpu settings plus `--set` overrides."""
+    """The end-to-end benchmark (engine.evaluation.e2e): a profile's shipped settings plus `--set` overrides."""
     from engine.evaluation import e2e
-    from engine.pipeline import settings_for
+    import torch
 
+    from engine.pipeline import default_profile, settings_for
+
+    profile = args.profile or default_profile(torch.device("cpu"))
     overrides = parse_overrides(args.set or [])
-    base = settings_for("cpu")
+    base = settings_for(profile)
     iseg = {**base.iseg, **overrides.pop("iseg", {})}
-    settings = settings_for("cpu", **overrides, iseg=iseg)
+    settings = settings_for(profile, **overrides, iseg=iseg)
     meshes = tuple(args.meshes) if args.meshes else (E2E_QUICK_MESHES if args.quick else
                                                      tuple(e.name for e in list_meshes()))
     protocol = e2e.E2EProtocol(meshes=meshes, views=args.views or (2 if args.quick else 3),
@@ -104,7 +107,7 @@ def run_e2e(args: argparse.Namespace, start: float) -> None:
     print(f"preparation: {len(fresh)} fresh, {sum(fresh) / max(len(fresh), 1):.1f}s each on average "
           f"(cached ones not counted)")
     record = {"mode": "e2e", **figures, "sweeps": sweeps, "note": e2e.NOTE, "random_weights": False,
-              "settings": settings.to_dict(), "overrides": parse_overrides(args.set or []),
+              "profile": profile, "settings": settings.to_dict(), "overrides": parse_overrides(args.set or []),
               "prepare_s_mean": sum(fresh) / len(fresh) if fresh else None, "n_prepared_fresh": len(fresh),
               "protocol": {"meshes": len(meshes), "views": protocol.views, "clicks": protocol.clicks,
                            "cross_pairs": len(protocol.cross_pairs), "seed": protocol.seed,
