@@ -89,7 +89,7 @@ def run_e2e(args: argparse.Namespace, start: float) -> None:
     meshes = tuple(args.meshes) if args.meshes else (E2E_QUICK_MESHES if args.quick else
                                                      tuple(e.name for e in list_meshes()))
     protocol = e2e.E2EProtocol(meshes=meshes, views=args.views or (2 if args.quick else 3),
-                               clicks=args.clicks or (6 if args.quick else 5),
+                               clicks=args.clicks or (6 if args.quick else 5), cross_clicks=args.cross_clicks,
                                cross_pairs=() if args.no_cross else PAIRS[:1] if args.quick else PAIRS,
                                size=args.size, seed=args.seed)
     say = lambda m: print(f"[{time.perf_counter() - start:6.1f}s] {m}", file=sys.stderr, flush=True)  # noqa: E731
@@ -110,7 +110,7 @@ def run_e2e(args: argparse.Namespace, start: float) -> None:
               "profile": profile, "settings": settings.to_dict(), "overrides": parse_overrides(args.set or []),
               "prepare_s_mean": sum(fresh) / len(fresh) if fresh else None, "n_prepared_fresh": len(fresh),
               "protocol": {"meshes": len(meshes), "views": protocol.views, "clicks": protocol.clicks,
-                           "cross_pairs": len(protocol.cross_pairs), "seed": protocol.seed,
+                           "cross_pairs": len(protocol.cross_pairs), "cross_clicks": protocol.cross_clicks, "seed": protocol.seed,
                            "sweep_meshes": list(sweep_meshes)},
               "oracle": {"features": asdict(protocol.features), "segmenter": asdict(protocol.segmenter)},
               "seconds": round(time.perf_counter() - start, 1)}
@@ -128,6 +128,8 @@ def main() -> None:
     ap.add_argument("--meshes", nargs="*", default=None, help="names like airplane/61 (default: all labelled)")
     ap.add_argument("--views", type=int, default=None, help="held-out views per mesh")
     ap.add_argument("--clicks", type=int, default=None, help="part clicks per view (default 8 quick, 5 full)")
+    ap.add_argument("--cross-clicks", type=int, default=None,
+                    help="e2e: part clicks per cross-instance image (default: --clicks)")
     ap.add_argument("--size", type=int, default=224, help="test image side")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine.bsb import feature_grid, match, nearest_vertex, random_valid_candidate
-from engine.bsb.synthetic import ARM, BODY, DECAL, HEAD, SHIN, THIGH, planted_scene
+from engine.bsb.synthetic import ARM, BODY, CLICK_CELLS, DECAL, HEAD, SHIN, THIGH, planted_scene
 from engine.errors import BsbError, Cancelled
 
 
@@ -176,3 +176,19 @@ def test_a_tie_at_the_best_iou_goes_to_the_part_the_tied_buddies_agree_on():
     untied = MatchResult(True, None, 1.0, 5, 4, seam, (1.5, 1.5), None, None)
     break_tie(untied, cands, np.array([1.0, 0.9, 0.9, 0.9, -1.0]), seed, 1.0)
     assert untied.winner_vertex == seam                # no tie: the IoU argmax stands
+
+
+def test_a_noisy_patch_under_the_click_does_not_decide_the_query(scene):
+    """The query feature adds the part's mean (over SAM's part mask) to the clicked patch: a body click on
+    a patch that looks half like the arm (a highlight, a texture cell) still finds the body."""
+    noisy = scene.grid.copy()
+    arm_r, arm_c = CLICK_CELLS[ARM]
+    body_r, body_c = CLICK_CELLS[BODY]
+    noisy[:, body_r, body_c] += 1.2 * noisy[:, arm_r, arm_c]
+    grid = feature_grid(noisy, scene.image_size)
+    r = match(scene.segmenter, grid, scene.vertex_features, [scene.click(BODY)], [1], seed=scene.seed)
+    assert r.found and part_of(scene, r) == BODY
+    assert scene.label_at(r.winner_pixel) == BODY
+    patch = torch.nn.functional.normalize(torch.from_numpy(noisy[:, body_r, body_c]), dim=0)
+    sim = torch.nn.functional.normalize(torch.from_numpy(scene.vertex_features), dim=1) @ patch
+    assert scene.vertex_part[int(sim.argmax())] == ARM  # the patch alone points at the arm

@@ -41,6 +41,7 @@ class E2EProtocol:
     meshes: tuple[str, ...] = ("glasses/59", "bird/243")
     views: int = 3  # held-out test images per mesh
     clicks: int = 5  # part clicks per image (plus one decal click when the image has a decal)
+    cross_clicks: int | None = None  # part clicks per cross-instance image (None: `clicks`)
     cross_pairs: tuple[tuple[str, str], ...] = (("airplane/61", "airplane/63"),)  # (image mesh, shape mesh)
     size: int = 224
     min_part_pixels: int = 25
@@ -183,7 +184,8 @@ def cross_trials(space: Space, image_name: str, shape_name: str, protocol: E2EPr
                              decal_radius=0.0)
         pimage = space.image(image_lm, scene)
         rng = np.random.default_rng(_seed(protocol.seed, image_name, shape_name, v, "clicks"))
-        for t in click_trials(image_lm, scene, v, protocol.clicks, rng, protocol.min_part_pixels,
+        clicks = protocol.cross_clicks or protocol.clicks
+        for t in click_trials(image_lm, scene, v, clicks, rng, protocol.min_part_pixels,
                               kind="cross", shape_mesh=shape_name):
             yield from answer(space, shape_lm, prepared, pimage, t, _seed(protocol.seed, t))
 

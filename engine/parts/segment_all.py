@@ -176,7 +176,7 @@ def _probe_agreement(iseg: Any, faces: np.ndarray, vertices: np.ndarray, mask: n
         if cancel is not None and cancel():
             raise Cancelled()
         probe = select_vertices(iseg.predict([(v, True)]), faces, [(v, True)])
-        best = max(best, float((probe & mask) @ areas / ((probe | mask) @ areas)))
+        best = max(best, float(_area_iou(np.stack([mask, probe]), areas, 0, np.array([1]))[0]))
         if best >= enough:
             break
     return best
