@@ -10,7 +10,9 @@ measures the matching logic only. `--profile tiny` runs the real path on random 
 "e2e" runs every trial through the engine's real preparation, BSB and iSeg seeding with ORACLE teachers
 (engine.evaluation.e2e, oracle_models) and the settings shipped for a CPU (`fast`; `--profile` picks another) (`--set key=value` overrides
 them, e.g. `--set sam_views=8 --set sam_steps=150 --set iseg.steps=400`, for quality-vs-seconds sweeps);
-it also sweeps the oracle segmenter's error rate and the feature confusion.
+it also sweeps the oracle segmenter's error rate and the feature confusion. A long run splits over
+processes: each takes disjoint `--meshes` with `--trials-out`, one also does the cross pairs and sweeps,
+and `--merge FILES --merge-sweeps ITS_OUTPUT` summarises them together.
 Prints a table, then one JSON line (keys: mode, bsb_success, ...; e2e: e2e_bsb_success, e2e_bsb_success_se,
 ...). `--quick`: 4 meshes, 2 views, one cross pair (under a minute in oracle mode); with e2e: 2 small meshes,
 one cross pair and a one-mesh sweep (under 10 minutes on a quiet 2-core machine).
@@ -94,11 +96,19 @@ def run_e2e(args: argparse.Namespace, start: float) -> None:
                                size=args.size, seed=args.seed)
     say = lambda m: print(f"[{time.perf_counter() - start:6.1f}s] {m}", file=sys.stderr, flush=True)  # noqa: E731
     cache = args.cache or Path.home() / ".cache" / "bsb-engine-e2e"
-    records, cross, cosines, spaces = e2e.run(protocol, settings, cache, progress=say)
+    if args.merge:  # summarise the trials of split runs; sweeps from one run's JSON line
+        records, cross, cosines = e2e.load_records(args.merge)
+        spaces: dict = {}
+        last = json.loads(args.merge_sweeps.read_text().strip().splitlines()[-1]) if args.merge_sweeps else {}
+        sweeps, sweep_meshes = last.get("sweeps", []), tuple(last.get("protocol", {}).get("sweep_meshes", ()))
+        meshes = tuple(sorted({r.mesh for r in records}))
+    else:
+        last = {}
+        records, cross, cosines, spaces = e2e.run(protocol, settings, cache, progress=say)
+        sweep_meshes = tuple(m for m in (meshes[:1] if args.quick else E2E_SWEEP_MESHES) if m in spaces)
+        sweeps = [] if args.no_sweep else e2e.run_sweeps(
+            spaces, protocol, settings, cache, sweep_meshes, args.error_levels, args.confusion_levels, progress=say)
     figures = e2e.summarize(records, cross, cosines)
-    sweep_meshes = tuple(m for m in (meshes[:1] if args.quick else E2E_SWEEP_MESHES) if m in spaces)
-    sweeps = [] if args.no_sweep else e2e.run_sweeps(
-        spaces, protocol, settings, cache, sweep_meshes, args.error_levels, args.confusion_levels, progress=say)
     if args.trials_out:
         args.trials_out.parent.mkdir(parents=True, exist_ok=True)
         args.trials_out.write_text("".join(json.dumps(asdict(r)) + "\n" for r in records + cross))
@@ -109,9 +119,10 @@ def run_e2e(args: argparse.Namespace, start: float) -> None:
     record = {"mode": "e2e", **figures, "sweeps": sweeps, "note": e2e.NOTE, "random_weights": False,
               "profile": profile, "settings": settings.to_dict(), "overrides": parse_overrides(args.set or []),
               "prepare_s_mean": sum(fresh) / len(fresh) if fresh else None, "n_prepared_fresh": len(fresh),
-              "protocol": {"meshes": len(meshes), "views": protocol.views, "clicks": protocol.clicks,
-                           "cross_pairs": len(protocol.cross_pairs), "cross_clicks": protocol.cross_clicks, "seed": protocol.seed,
-                           "sweep_meshes": list(sweep_meshes)},
+              "protocol": {"views": protocol.views, "clicks": protocol.clicks,
+                           "cross_pairs": len(protocol.cross_pairs), "cross_clicks": protocol.cross_clicks,
+                           "seed": protocol.seed, **(last.get("protocol", {}) if args.merge else {}),
+                           "meshes": len(meshes), "sweep_meshes": list(sweep_meshes), "merged": bool(args.merge)},
               "oracle": {"features": asdict(protocol.features), "segmenter": asdict(protocol.segmenter)},
               "seconds": round(time.perf_counter() - start, 1)}
     print(json.dumps(record))
@@ -135,6 +146,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--trials-out", type=Path, default=None, help="write every outcome as JSON lines here")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="e2e: override a preparation setting")
+    ap.add_argument("--merge", type=Path, nargs="*", default=None, metavar="TRIALS",
+                    help="e2e: summarise these --trials-out files (runs split over disjoint meshes) instead of running")
+    ap.add_argument("--merge-sweeps", type=Path, default=None, metavar="OUTPUT",
+                    help="e2e with --merge: take the sweeps from this run's output (its last line is the JSON)")
     ap.add_argument("--no-sweep", action="store_true", help="e2e: skip the error-rate and confusion sweeps")
     ap.add_argument("--no-cross", action="store_true", help="e2e: skip the cross-instance airplanes")
     ap.add_argument("--error-levels", type=float, nargs="*", default=[0.0, 0.1, 0.3],

@@ -65,6 +65,7 @@ class Record:
     part_iou: float | None  # None for decals
     true_click_iou: float | None = None  # iSeg from the true clicked vertex (part trials)
     hit: bool | None = None  # BSB: some valid candidate lies strictly inside the part
+    distill_cosine: float | None = None  # of the shape mesh's preparation (part and decal trials)
 
 
 def vertex_iou(mask: np.ndarray | None, truth: np.ndarray) -> float:
@@ -167,13 +168,16 @@ def mesh_trials(space: Space, lm: LabelledMesh, protocol: E2EProtocol, decals: b
     """Part (and decal) clicks on held-out images of one mesh, drawn exactly as the planted benchmark does."""
     name = lm.name
     prepared = space.prepare(lm)
+    cosine = distill_cosine(space, lm, prepared)
     for v, cam in enumerate(evaluation_views(protocol.views, _seed(protocol.seed, name, "views"))):
         scene = render_scene(lm, cam, protocol.size, seed=_seed(protocol.seed, name, v))
         pimage = space.image(lm, scene)
         rng = np.random.default_rng(_seed(protocol.seed, name, v, "clicks"))
         trials = click_trials(lm, scene, v, protocol.clicks, rng, protocol.min_part_pixels)
         for t in trials + (decal_trial(lm, scene, v) if decals else []):
-            yield from answer(space, lm, prepared, pimage, t, _seed(protocol.seed, t))
+            for record in answer(space, lm, prepared, pimage, t, _seed(protocol.seed, t)):
+                record.distill_cosine = cosine
+                yield record
 
 
 def cross_trials(space: Space, image_name: str, shape_name: str, protocol: E2EProtocol) -> Iterator[Record]:
@@ -192,6 +196,17 @@ def cross_trials(space: Space, image_name: str, shape_name: str, protocol: E2EPr
 
 def mesh_space(lm: LabelledMesh, protocol: E2EProtocol, settings, cache_dir: Path | None, **kw) -> Space:
     return Space(f"mesh:{lm.name}", lm.n_parts, protocol, settings, cache_dir, **kw)
+
+
+def load_records(paths) -> tuple[list[Record], list[Record], list[float]]:
+    """(part and decal records, cross records, one distillation cosine per mesh) from `--trials-out` files,
+    so one run can be split across processes (disjoint meshes) and summarised once."""
+    import json
+
+    records = [Record(**json.loads(line)) for p in paths for line in Path(p).read_text().splitlines() if line]
+    own = [r for r in records if r.kind != "cross"]
+    cosines = {r.mesh: r.distill_cosine for r in own if r.distill_cosine is not None}
+    return own, [r for r in records if r.kind == "cross"], list(cosines.values())
 
 
 def bsb_part_iou(records: list[Record]) -> float:
