@@ -1,6 +1,6 @@
 """The paper's evaluation baselines, with the same inputs and outputs as `match`.
 
-- `nearest_vertex`: the single vertex most similar to the click feature (no segment test, no ranking).
+- `nearest_vertex`: the single vertex most similar to the query feature (no segment test, no ranking).
 - `random_valid_candidate`: a random valid candidate (segment test, but no IoU ranking).
 Their `confidence` is the winner's cosine similarity (they compute no IoU); iSeg seeding is the same.
 """

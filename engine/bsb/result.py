@@ -9,10 +9,10 @@ import numpy as np
 
 @dataclass
 class Candidate:
-    """One of the k vertices most similar to the click feature."""
+    """One of the k vertices most similar to the query feature (engine.bsb.matching.query_feature)."""
 
     vertex: int
-    similarity: float  # cosine(click feature, vertex feature)
+    similarity: float  # cosine(query feature, vertex feature)
     pixel: tuple[float, float]  # its most similar pixel inside the object mask, original image (x, y)
     valid: bool  # that pixel lies in the part mask (a "best segmentation buddy")
     iou: float | None = None  # IoU of SAM's part mask at `pixel` with the query part mask (valid ones only)
