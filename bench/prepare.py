@@ -305,6 +305,7 @@ def main() -> int:
                     help="comma-separated, of tiny,cpu,fast (default: all three)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    torch.manual_seed(0)  # the same random weights every run: a click's valid candidates (its SAM prompts) too
     mesh, image = load_mesh(args.mesh), load_image(args.image)
     result = {"random_weights": True, "quick": args.quick, "threads": args.threads,
               "mesh": args.mesh.name, "vertices": int(mesh.num_vertices),

@@ -5,11 +5,15 @@ Why: iSeg's training data (thousands of prompts per mesh) and every BSB click (o
 decode many prompts per image, and both libraries' decoders repeat all of their image-side work for each
 prompt (a copy of the 64 x 64 x 256 embedding, four 256 -> 128 projections of it per block). Here:
 - the first block's image-side projections (keys and values the prompt tokens attend to, queries of the
-  image-to-token attention) depend on the image only: they are computed once per call;
+  image-to-token attention) depend on the image only: they are computed once per call, and for SAM 2 once
+  per image (`sam2_image`, with the image's share of the upscaling);
 - where the image tokens differ per prompt, attention between the few prompt tokens (t <= 10, 8 heads)
   and the 4096 image tokens is reassociated so that no full-width projection of the image tokens is
   needed: softmax(q Wk X^T) (X Wv^T) = softmax((q Wk) X^T) X Wv^T (a softmax row sums to 1, so the value
-  bias passes through), and o_proj(softmax(.) V) = softmax(.) (V Wo^T).
+  bias passes through), and o_proj(softmax(.) V) = softmax(.) (V Wo^T);
+- SAM 2's upscaling runs as matmuls on token-major rows (`_sam2_masks`), with in-place adds and GELUs, only
+  for the mask tokens asked for, and the CPU segmenter decodes 4 prompts per call: together about half
+  the CPU time per prompt of the earlier shared decoder (bench/models.py --decoders).
 Same numbers as the libraries' decoders up to float rounding (tests/test_sam2.py, tests/test_sam.py
 compare them). Mask prompts (a dense embedding per prompt) take the libraries' own paths.
 """
@@ -57,16 +61,33 @@ def _attend(attn, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
     return out((w @ v).transpose(1, 2).reshape(queries.shape[0], queries.shape[1], -1))
 
 
-def _tokens_to_image(attn, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """`attn(query=queries, key=keys, value=values)` for queries (n, t, C) on image tokens (1 or n, N, C)."""
+@dataclass(frozen=True)
+class _FirstLayer:
+    """The first block's projections of the image tokens, the same for every prompt: the keys and values
+    the prompt tokens attend to and the queries of the image-to-token attention, split into heads."""
+
+    keys: torch.Tensor  # (1, h, N, d)
+    values: torch.Tensor  # (1, h, N, d)
+    queries: torch.Tensor  # (1, h, d, N), transposed for the (n, h, t, N) scores
+
+
+def _first_layer(layer, image: torch.Tensor, pos: torch.Tensor) -> _FirstLayer:
+    to_image, to_tokens = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+    h, h2 = _parts(to_image)[0], _parts(to_tokens)[0]
+    keys_pos = image + pos
+    return _FirstLayer(_split_heads(to_image.k_proj(keys_pos), h), _split_heads(to_image.v_proj(image), h),
+                       _split_heads(to_tokens.q_proj(keys_pos), h2).transpose(-1, -2))
+
+
+def _tokens_to_image(attn, queries: torch.Tensor, keys: torch.Tensor | None, values: torch.Tensor | None,
+                     first: _FirstLayer | None = None) -> torch.Tensor:
+    """`attn(query=queries, key=keys, value=values)` for queries (n, t, C) on per-prompt image tokens
+    (n, N, C), or on the first block's image tokens projected once (`first`)."""
     h, d, scaling, o_proj = _parts(attn)
     n, t, c = queries.shape
     q = _split_heads(attn.q_proj(queries), h) * scaling  # (n, h, t, d), the softmax scaling on the few queries
-    if keys.shape[0] == 1:  # the same image tokens for every prompt: project them once
-        k = _split_heads(attn.k_proj(keys), h)
-        v = _split_heads(attn.v_proj(values), h)
-        w = torch.softmax(q @ k.transpose(-1, -2), dim=-1)
-        out = w @ v  # (n, h, t, d)
+    if first is not None:
+        out = torch.softmax(q @ first.keys.transpose(-1, -2), dim=-1) @ first.values  # (n, h, t, d)
     else:  # per-prompt image tokens: (q Wk) against them, then their weighted mean through Wv
         # (the key bias adds q . bk to a whole row of scores: the softmax over image tokens ignores it)
         a = torch.einsum("nhtd,hdc->nhtc", q, attn.k_proj.weight.view(h, d, c))
@@ -76,9 +97,10 @@ def _tokens_to_image(attn, queries: torch.Tensor, keys: torch.Tensor, values: to
     return o_proj(out.transpose(1, 2).reshape(n, t, h * d))
 
 
-def _image_to_tokens(attn, image: torch.Tensor, token_keys: torch.Tensor, token_values: torch.Tensor) -> torch.Tensor:
-    """`attn(query=image, key=token_keys, value=token_values)` for image tokens (1 or n, N, C) attending to
-    prompt tokens (n, t, C). Returns (n, N, C).
+def _image_to_tokens(attn, image: torch.Tensor | None, token_keys: torch.Tensor, token_values: torch.Tensor,
+                     first: _FirstLayer | None = None) -> torch.Tensor:
+    """`attn(query=image, key=token_keys, value=token_values)` for per-prompt image tokens (n, N, C), or the
+    first block's (`first`), attending to prompt tokens (n, t, C). Returns (n, N, C).
 
     Scores are laid out (n, h, t, N) and the softmax runs over the t tokens (dim 2), so that it streams along
     the N image tokens: a softmax over a last dimension of t <= 10 costs ~10x more on a CPU."""
@@ -86,8 +108,8 @@ def _image_to_tokens(attn, image: torch.Tensor, token_keys: torch.Tensor, token_
     n, t, c = token_keys.shape
     k = _split_heads(attn.k_proj(token_keys), h) * scaling  # (n, h, t, d)
     v = _split_heads(attn.v_proj(token_values), h)
-    if image.shape[0] == 1:  # one projection of the image for every prompt
-        scores = k @ _split_heads(attn.q_proj(image), h).transpose(-1, -2)  # (n, h, t, N)
+    if first is not None:
+        scores = k @ first.queries  # (n, h, t, N)
     else:  # k . (X Wq^T + bq) = (k Wq) X^T + k . bq, per head
         m = torch.einsum("nhtd,hdc->nhtc", k, attn.q_proj.weight.view(h, d, c)).reshape(n, h * t, c)
         bias = torch.einsum("nhtd,hd->nht", k, attn.q_proj.bias.view(h, d)).reshape(n, h * t, 1)
@@ -97,23 +119,26 @@ def _image_to_tokens(attn, image: torch.Tensor, token_keys: torch.Tensor, token_
     return torch.baddbmm(o_proj.bias, w.transpose(1, 2), vo)
 
 
-def _two_way(transformer, layout: _Layout, tokens: torch.Tensor, image: torch.Tensor, pos: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def _two_way(transformer, layout: _Layout, tokens: torch.Tensor, image: torch.Tensor, pos: torch.Tensor,
+             first: _FirstLayer | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The two-way transformer: prompt tokens (n, t, C), image tokens and their positions (1, N, C) ->
-    the tokens (n, t, C) and the image tokens (n, N, C) after it."""
+    the tokens (n, t, C) and the image tokens (n, N, C) after it. `first`: `_first_layer` of these image
+    tokens, when kept from an earlier call on the same image."""
     queries, keys = tokens, image
-    for layer in transformer.layers:
-        norm = [getattr(layer, f"{layout.norm}{i}") for i in range(1, 5)]
+    for i, layer in enumerate(transformer.layers):
+        norm = [getattr(layer, f"{layout.norm}{j}") for j in range(1, 5)]
         if layer.skip_first_layer_pe:
             queries = _attend(layer.self_attn, queries, queries, queries)
         else:
             q = queries + tokens
             queries = queries + _attend(layer.self_attn, q, q, queries)
         queries = norm[0](queries)
-        keys_pos = keys + pos
-        queries = norm[1](queries + _tokens_to_image(layer.cross_attn_token_to_image, queries + tokens, keys_pos, keys))
+        shared = (first or _first_layer(layer, image, pos)) if i == 0 else None
+        keys_pos = None if shared else keys + pos
+        queries = norm[1](queries + _tokens_to_image(layer.cross_attn_token_to_image, queries + tokens, keys_pos,
+                                                     keys, shared))
         queries = norm[2](queries + layer.mlp(queries))
-        update = _image_to_tokens(layer.cross_attn_image_to_token, keys_pos, queries + tokens, queries)
+        update = _image_to_tokens(layer.cross_attn_image_to_token, keys_pos, queries + tokens, queries, shared)
         update += keys  # in place: keys + update, without another (n, N, C) buffer
         keys = norm[3](update)
     final = _tokens_to_image(transformer.final_attn_token_to_image, queries + tokens, keys + pos, keys)
@@ -145,6 +170,7 @@ class Sam2Image:
     add1: torch.Tensor  # (N, 4 c1) stride-8 features + first upscaling bias, token-major (see _sam2_masks)
     add2: torch.Tensor  # (4 N, 4 c2) stride-4 features + second upscaling bias, token-major
     grid: tuple[int, int]  # (g, g) image tokens
+    first: _FirstLayer  # the first decoder block's projections of the image tokens
 
 
 @torch.inference_mode()
@@ -160,9 +186,9 @@ def sam2_image(model, state: list[torch.Tensor]) -> Sam2Image:
     tokens = lambda x: x.flatten(2).transpose(1, 2).contiguous()  # noqa: E731  (1, C, g, g) -> (1, N, C)
     add1 = s1.reshape(c1, gh, 2, gw, 2).permute(1, 3, 2, 4, 0).reshape(gh * gw, 4 * c1)
     add2 = s0.reshape(c2, gh, 2, 2, gw, 2, 2).permute(1, 4, 2, 5, 3, 6, 0).reshape(4 * gh * gw, 4 * c2)
-    return Sam2Image(tokens(embedding + dense), tokens(model.get_image_wide_positional_embeddings()),
-                     add1 + decoder.upscale_conv1.bias.repeat(4), add2 + decoder.upscale_conv2.bias.repeat(4),
-                     (int(gh), int(gw)))
+    image, pos = tokens(embedding + dense), tokens(model.get_image_wide_positional_embeddings())
+    return Sam2Image(image, pos, add1 + decoder.upscale_conv1.bias.repeat(4), add2 + decoder.upscale_conv2.bias.repeat(4),
+                     (int(gh), int(gw)), _first_layer(decoder.transformer.layers[0], image, pos))
 
 
 def _sam2_masks(decoder, queries: torch.Tensor, keys: torch.Tensor, image: Sam2Image, keep: slice
@@ -207,7 +233,7 @@ def decode_sam2(model, image: Sam2Image, points: torch.Tensor | None, labels: to
     n = sparse.shape[0]
     out_tokens = torch.cat([decoder.obj_score_token.weight, decoder.iou_token.weight, decoder.mask_tokens.weight])
     tokens = torch.cat([out_tokens.expand(n, -1, -1), sparse.to(out_tokens.dtype)], dim=1)  # (n, t, C)
-    queries, keys = _two_way(decoder.transformer, SAM2_LAYOUT, tokens, image.image, image.pos)
+    queries, keys = _two_way(decoder.transformer, SAM2_LAYOUT, tokens, image.image, image.pos, image.first)
     dynamic = not multimask and decoder.dynamic_multimask_via_stability and not decoder.training
     keep = slice(1, None) if multimask else slice(None) if dynamic else slice(0, 1)
     masks, scores = _sam2_masks(decoder, queries, keys, image, keep)
