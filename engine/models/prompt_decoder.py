@@ -134,7 +134,7 @@ def _two_way(transformer, layout: _Layout, tokens: torch.Tensor, image: torch.Te
             queries = queries + _attend(layer.self_attn, q, q, queries)
         queries = norm[0](queries)
         shared = (first or _first_layer(layer, image, pos)) if i == 0 else None
-        keys_pos = None if shared else keys + pos
+        keys_pos = None if shared is not None else keys + pos
         queries = norm[1](queries + _tokens_to_image(layer.cross_attn_token_to_image, queries + tokens, keys_pos,
                                                      keys, shared))
         queries = norm[2](queries + layer.mlp(queries))
