@@ -155,8 +155,8 @@ def _masks(decoder, layout: _Layout, queries: torch.Tensor, upscaled: torch.Tens
 
 
 def _activate(activation: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`activation(x)`, in place for an exact GELU (SAM 2's): the same numbers without a second buffer."""
-    if type(activation) is torch.nn.GELU and activation.approximate == "none":
+    """`activation(x)`, in place on a CPU for an exact GELU (SAM 2's): the same numbers without a second buffer."""
+    if x.device.type == "cpu" and type(activation) is torch.nn.GELU and activation.approximate == "none":
         return torch.ops.aten.gelu_(x)
     return activation(x)
 
