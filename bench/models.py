@@ -197,8 +197,9 @@ def fast_prepare(quick: bool, threads: int, mesh_path: Path, image_path: Path) -
 
 def decoder_rows(n: int = 32, reps: int = 2) -> tuple[list, dict]:
     """CPU seconds per prompt of the libraries' mask decoders against engine.models.prompt_decoder (the
-    image's share computed once per call), n single-click prompts on one image, real architectures."""
-    from engine.models.prompt_decoder import decode_sam1, decode_sam2
+    image's share computed once per call; EdgeTAM's in the segmenter's prompt batches), n single-click
+    prompts on one image, real architectures."""
+    from engine.models.prompt_decoder import decode_sam1, decode_sam2, sam2_image
     from engine.models.sam2 import Sam2Segmenter, to_model_frame
 
     rng = np.random.default_rng(0)
@@ -231,7 +232,9 @@ def decoder_rows(n: int = 32, reps: int = 2) -> tuple[list, dict]:
         sam.mask_decoder(emb, sam.prompt_encoder.get_dense_pe(), sparse, dense, True)
 
     rows = [("edgetam", cpu_per_prompt(edgetam_library),
-             cpu_per_prompt(lambda: decode_sam2(seg.model, list(seg._state), pts, labels, None, True))),
+             cpu_per_prompt(lambda: [decode_sam2(seg.model, image, pts[s:s + b], labels[s:s + b], None, True)
+                                     for image in [sam2_image(seg.model, list(seg._state))]
+                                     for b in [seg.prompt_batch] for s in range(0, n, b)])),
             ("sam_vit_b", cpu_per_prompt(sam1_library),
              cpu_per_prompt(lambda: decode_sam1(sam, emb, pts1, labels, None, True)))]
     out = {}

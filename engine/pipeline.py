@@ -327,14 +327,23 @@ def _check_vertices(prepared: PreparedMesh, vertices) -> None:
 def _seed(prepared: PreparedMesh) -> Callable[[int], np.ndarray]:
     """iSeg from one positive click at a BSB winner, with the region choice `refine` makes
     (CONNECTED_DEFAULT): above-0.5 islands apart from the winner's piece are set to 0, so the seeded
-    selection (p >= 0.5) is the one a click on that vertex would give."""
+    selection (p >= 0.5) is the one a click on that vertex would give. The last TIE_SEEDS answers are kept:
+    a tie break seeds the winner among them just before the answer does (one decoder pass, not two)."""
+    from engine.bsb.matching import TIE_SEEDS
     from engine.iseg.postprocess import select_vertices
 
+    answers: dict[int, np.ndarray] = {}
+
     def seed(vertex: int) -> np.ndarray:
-        clicks = [(int(vertex), True)]
-        weights = np.asarray(prepared.iseg.predict(clicks), np.float32)
-        keep = select_vertices(weights, prepared.mesh.faces, clicks, "fixed", 0.5)
-        return np.where(keep | (weights < 0.5), weights, 0.0).astype(np.float32)
+        vertex = int(vertex)
+        if vertex not in answers:
+            clicks = [(vertex, True)]
+            weights = np.asarray(prepared.iseg.predict(clicks), np.float32)
+            keep = select_vertices(weights, prepared.mesh.faces, clicks, "fixed", 0.5)
+            answers[vertex] = np.where(keep | (weights < 0.5), weights, 0.0).astype(np.float32)
+            if len(answers) > TIE_SEEDS:
+                del answers[next(iter(answers))]
+        return answers[vertex].copy()
 
     return seed
 

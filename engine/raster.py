@@ -199,15 +199,21 @@ def _numba_views(verts, tris, normals, matrices, eyes, focal, width, height, nea
 def _rasterize_numba(verts, tris, matrices, eyes, focal, width, height, cull, cancel) -> Raster:
     out = _empty(matrices, height, width)
     normals = face_normals(verts, tris)
-    # One batch of views per round of threads, so a cancel is seen within about one view's time.
-    step = max(1, numba.get_num_threads())
-    for s in range(0, len(matrices), step):
-        _check(cancel)
-        e = s + step
-        _numba_views(
-            verts, tris, normals, matrices[s:e], eyes[s:e], focal[s:e], width, height, NEAR, cull,
-            out.face_id[s:e], out.bary[s:e], out.depth[s:e], out.normal[s:e],
-        )
+    # numba's OpenMP threading layer sets the process-wide OpenMP thread count, which torch reads too: without
+    # this, a process that limits torch's threads (the service, a benchmark) loses its limit at the first render.
+    torch_threads = torch.get_num_threads()
+    try:
+        # One batch of views per round of threads, so a cancel is seen within about one view's time.
+        step = max(1, numba.get_num_threads())
+        for s in range(0, len(matrices), step):
+            _check(cancel)
+            e = s + step
+            _numba_views(
+                verts, tris, normals, matrices[s:e], eyes[s:e], focal[s:e], width, height, NEAR, cull,
+                out.face_id[s:e], out.bary[s:e], out.depth[s:e], out.normal[s:e],
+            )
+    finally:
+        torch.set_num_threads(torch_threads)
     return out
 
 

@@ -179,3 +179,20 @@ def test_preview_shows_the_random_weights_warning(mug_mesh):
     part = (np.abs(render.astype(int) - np.array(results.PART_COLOR)).sum(-1) < 200) & (render[..., 0] > render[..., 2] + 40)
     assert part.any()  # the highlighted part is visible and orange-ish
     assert results.preview_title("x", True).endswith(results.RANDOM_NOTE)
+
+
+def test_a_seeded_vertex_is_decoded_once_per_answer(prepared, monkeypatch):
+    """break_tie seeds the winner before seed_result does: the second ask reuses the first decoder pass,
+    and gives an equal array that the caller may change freely."""
+    from engine.pipeline import _seed
+
+    calls = []
+    predict = prepared.iseg.predict
+    monkeypatch.setattr(prepared.iseg, "predict", lambda clicks: calls.append(clicks) or predict(clicks))
+    seed = _seed(prepared)
+    first = seed(5)
+    first[:] = -1.0
+    again = seed(5)
+    assert len(calls) == 1 and (again >= 0).all()
+    np.testing.assert_array_equal(again, _seed(prepared)(5))
+    assert len(calls) == 2

@@ -161,6 +161,21 @@ def test_numba_and_torch_backends_agree(mug_mesh):
         np.testing.assert_allclose(a.normal[both], b.normal[both], atol=1e-6)
 
 
+def test_a_numba_render_keeps_torchs_thread_count(mug_mesh):
+    """numba's OpenMP layer sets the process-wide thread count; torch's limit must survive a render."""
+    import numba
+    import torch
+
+    mesh, _ = mug_mesh
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rasterize(mesh.vertices, mesh.faces, sphere_views(4), 32, 32, backend="numba")
+        assert torch.get_num_threads() == 1 or numba.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_backface_culling(sphere):
     verts, faces = sphere
     cams = sphere_views(2)

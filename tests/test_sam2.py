@@ -198,7 +198,7 @@ def test_many_prompts_decode_as_transformers_decodes_them(kind):
     from transformers import EdgeTamModel, Sam2Model
 
     from engine.models.sam2 import Sam2Segmenter
-    from engine.models.prompt_decoder import decode_sam2
+    from engine.models.prompt_decoder import decode_sam2, sam2_image
     from engine.models.tiny import tiny_sam2_config
 
     torch.manual_seed(0)
@@ -223,7 +223,8 @@ def test_many_prompts_decode_as_transformers_decodes_them(kind):
                     ref = sam.model(image_embeddings=[t.expand(n, -1, -1, -1) for t in sam._state],
                                     input_points=pts[:, None], input_labels=labels[:, None],
                                     input_boxes=None if box is None else box[:, None], multimask_output=multimask)
-                logits, scores = decode_sam2(sam.model, list(sam._state), pts, labels, box, multimask)
+                logits, scores = decode_sam2(sam.model, sam2_image(sam.model, list(sam._state)), pts, labels, box,
+                                              multimask)
                 scale = float(ref.pred_masks.abs().max())
                 assert logits.shape == ref.pred_masks[:, 0].shape and scale > 1.0
                 torch.testing.assert_close(logits, ref.pred_masks[:, 0], atol=1e-4 * scale, rtol=1e-4)
