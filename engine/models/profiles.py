@@ -89,9 +89,9 @@ class Profile:
 # Per-view model cost on the 2-core VM (python bench/models.py --quick; random weights of the real
 # architectures, fp32, "cpu/thr" = CPU time / threads, a shared and noisy machine).
 PROFILE_COSTS: dict[str, str] = {
-    "fast": "EdgeTAM ~0.5 s (39 GFLOPs) + DINOv2-S ~0.1 s per view; Spot prepares in ~64 s on 2 quiet cores "
-            "(iSeg click data ~21 of it, ~360 prompts; bench/prepare.py --quick, extrapolated), first provisional "
-            "answer after ~13 s (measured)",
+    "fast": "EdgeTAM ~0.5 s (39 GFLOPs) + DINOv2-S ~0.1 s per view; Spot prepares in ~53-81 s on 2 quiet cores "
+            "(median of 3 runs 62 s; iSeg click data ~16 of it, ~460 prompts at ~30 ms; bench/prepare.py --quick, "
+            "extrapolated), first provisional answer after ~13 s (measured)",
     "balanced": "SAM 2.1-tiny ~3.3 s (207 GFLOPs) + DINOv2-B ~0.3-1 s per view on 2 CPU cores",
     "paper": "SAM ViT-H ~6 TFLOPs per view: minutes on a GPU, hours on a CPU",
     "gpu": "SAM ViT-H + DINOv2-L ~55 s per view on 2 CPU cores (bench/models.py): minutes on a GPU",

@@ -1,0 +1,95 @@
+"""What BSB's prompt cap (`max_prompts`) costs in quality: the end-to-end oracle benchmark per cap.
+
+Every cap answers the SAME part clicks on the SAME prepared meshes (engine.evaluation.e2e, oracle teachers,
+the `fast` profile's shipped preparation; only the click-time `max_prompts` changes, so preparations are
+shared and cached), and the final part IoU is paired per click to the uncapped answer. Caveat: the oracle's
+masks are exact, so valid candidates mostly tie at IoU 1 and this curve cannot see what ranking more
+candidates buys with real SAM. Seconds are oracle seconds (no real prompt decoder); a real decoder's cost
+per prompt is in bench/prepare.py and bench/models.py --decoders.
+Prints a table, then one JSON line (keys: e2e_part_iou_by_cap, e2e_part_iou_minus_uncapped_by_cap (+ _se),
+success_by_cap, valid_pixels_median, valid_pixels_p90). `--quick`: 6 small meshes, 5 images x 2 clicks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.evaluation import e2e  # noqa: E402
+from engine.evaluation.correspondence import _seed, click_trials  # noqa: E402
+from engine.evaluation.data import load_labelled  # noqa: E402
+from engine.evaluation.scenes import evaluation_views, render_scene  # noqa: E402
+from engine.pipeline import settings_for  # noqa: E402
+
+QUICK_MESHES = ("bearing/341", "glasses/59", "bird/243", "vase/367", "plier/201", "human/1")
+FULL_MESHES = QUICK_MESHES + ("airplane/61", "fish/227", "hand/192", "chair/101", "fourleg/382", "teddy/162")
+
+
+def answers(name: str, caps: list[int | None], protocol: e2e.E2EProtocol, cache: Path | None) -> list[dict]:
+    lm = load_labelled(name)
+    space = e2e.mesh_space(lm, protocol, settings_for("fast"), cache)
+    prepared = space.prepare(lm)
+    rows = []
+    for v, cam in enumerate(evaluation_views(protocol.views, _seed(protocol.seed, name, "views"))):
+        scene = render_scene(lm, cam, protocol.size, seed=_seed(protocol.seed, name, v))
+        pimage = space.image(lm, scene)
+        rng = np.random.default_rng(_seed(protocol.seed, name, v, "clicks"))
+        for t in click_trials(lm, scene, v, protocol.clicks, rng, protocol.min_part_pixels):
+            row = {}
+            for cap in caps:
+                p = replace(prepared, settings=replace(prepared.settings, max_prompts=cap))
+                r = space.session.match(p, pimage, [t.click], [1])
+                row[cap] = (e2e.vertex_iou(r.vertex_mask if r.found else None, lm.vertex_parts[:, t.part]),
+                            r.found and e2e.strictly_inside(lm, r.winner_vertex, t.part))
+                if cap is None:
+                    row["valid"] = len({c.pixel for c in r.candidates if c.valid})
+            rows.append(row)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--caps", type=int, nargs="*", default=[32, 16, 8])
+    ap.add_argument("--views", type=int, default=None, help="test images per mesh (default 5 quick, 10 full)")
+    ap.add_argument("--clicks", type=int, default=2)
+    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "bsb-engine-e2e")
+    args = ap.parse_args()
+    caps: list[int | None] = [None, *args.caps]
+    meshes = QUICK_MESHES if args.quick else FULL_MESHES
+    protocol = e2e.E2EProtocol(meshes=meshes, views=args.views or (5 if args.quick else 10), clicks=args.clicks)
+    rows = [r for name in meshes for r in answers(name, caps, protocol, args.cache)]
+    base = np.array([r[None][0] for r in rows])
+    out: dict = {"e2e_part_iou_by_cap": {}, "e2e_part_iou_minus_uncapped_by_cap": {},
+                 "e2e_part_iou_minus_uncapped_by_cap_se": {}, "success_by_cap": {}}
+    print(f"{len(rows)} part clicks on {len(meshes)} meshes (oracle teachers, fast profile)")
+    print(f"{'cap':>6s} {'part IoU':>9s} {'vs all':>16s} {'success':>8s}")
+    for cap in caps:
+        iou = np.array([r[cap][0] for r in rows])
+        d = iou - base
+        se = float(d.std(ddof=1) / np.sqrt(len(d)))
+        ok = float(np.mean([r[cap][1] for r in rows]))
+        key = "all" if cap is None else str(cap)
+        out["e2e_part_iou_by_cap"][key] = float(iou.mean())
+        out["e2e_part_iou_minus_uncapped_by_cap"][key] = float(d.mean())
+        out["e2e_part_iou_minus_uncapped_by_cap_se"][key] = se
+        out["success_by_cap"][key] = ok
+        print(f"{key:>6s} {iou.mean():9.3f} {d.mean():+8.3f} ± {se:5.3f} {100 * ok:7.1f}%")
+    valid = np.array([r["valid"] for r in rows])
+    out |= {"valid_pixels_median": float(np.median(valid)), "valid_pixels_p90": float(np.percentile(valid, 90)),
+            "n_part_trials": len(rows), "meshes": list(meshes), "random_weights": False,
+            "note": "oracle teachers: masks tie at IoU 1, so the curve cannot see what the IoU ranking buys with SAM"}
+    print(f"distinct valid pixels per click: median {out['valid_pixels_median']:.0f}, "
+          f"90th percentile {out['valid_pixels_p90']:.0f}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
