@@ -22,14 +22,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.evaluation import e2e  # noqa: E402
-from engine.evaluation.correspondence import _seed, click_trials  # noqa: E402
-from engine.evaluation.data import load_labelled  # noqa: E402
-from engine.evaluation.scenes import evaluation_views, render_scene  # noqa: E402
-from engine.pipeline import settings_for  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-QUICK_MESHES = ("bearing/341", "glasses/59", "bird/243", "vase/367", "plier/201", "human/1")
-FULL_MESHES = QUICK_MESHES + ("airplane/61", "fish/227", "hand/192", "chair/101", "fourleg/382", "teddy/162")
+from engine.evaluation import e2e  # noqa: E402
+from engine.evaluation.data import load_labelled  # noqa: E402
+from engine.pipeline import settings_for  # noqa: E402
+from views import FULL_MESHES, QUICK_MESHES  # noqa: E402  (the same meshes as the view-count curve)
 
 
 def answers(name: str, caps: list[int | None], protocol: e2e.E2EProtocol, cache: Path | None) -> list[dict]:
@@ -37,20 +35,16 @@ def answers(name: str, caps: list[int | None], protocol: e2e.E2EProtocol, cache:
     space = e2e.mesh_space(lm, protocol, settings_for("fast"), cache)
     prepared = space.prepare(lm)
     rows = []
-    for v, cam in enumerate(evaluation_views(protocol.views, _seed(protocol.seed, name, "views"))):
-        scene = render_scene(lm, cam, protocol.size, seed=_seed(protocol.seed, name, v))
-        pimage = space.image(lm, scene)
-        rng = np.random.default_rng(_seed(protocol.seed, name, v, "clicks"))
-        for t in click_trials(lm, scene, v, protocol.clicks, rng, protocol.min_part_pixels):
-            row = {}
-            for cap in caps:
-                p = replace(prepared, settings=replace(prepared.settings, max_prompts=cap))
-                r = space.session.match(p, pimage, [t.click], [1])
-                row[cap] = (e2e.vertex_iou(r.vertex_mask if r.found else None, lm.vertex_parts[:, t.part]),
-                            r.found and e2e.strictly_inside(lm, r.winner_vertex, t.part))
-                if cap is None:
-                    row["valid"] = len({c.pixel for c in r.candidates if c.valid})
-            rows.append(row)
+    for pimage, t in e2e.image_trials(space, lm, protocol, decals=False):
+        row = {}
+        for cap in caps:
+            p = replace(prepared, settings=replace(prepared.settings, max_prompts=cap))
+            r = space.session.match(p, pimage, [t.click], [1])
+            row[cap] = (e2e.vertex_iou(r.vertex_mask if r.found else None, lm.vertex_parts[:, t.part]),
+                        r.found and e2e.strictly_inside(lm, r.winner_vertex, t.part))
+            if cap is None:
+                row["valid"] = len({c.pixel for c in r.candidates if c.valid})
+        rows.append(row)
     return rows
 
 

@@ -164,20 +164,27 @@ def distill_cosine(space: Space, lm: LabelledMesh, prepared) -> float:
     return float(cos.mean())
 
 
-def mesh_trials(space: Space, lm: LabelledMesh, protocol: E2EProtocol, decals: bool = True) -> Iterator[Record]:
-    """Part (and decal) clicks on held-out images of one mesh, drawn exactly as the planted benchmark does."""
+def image_trials(space: Space, lm: LabelledMesh, protocol: E2EProtocol, decals: bool = True):
+    """(prepared test image, trial) for the part (and decal) clicks on held-out images of one mesh, drawn
+    exactly as the planted benchmark does."""
     name = lm.name
-    prepared = space.prepare(lm)
-    cosine = distill_cosine(space, lm, prepared)
     for v, cam in enumerate(evaluation_views(protocol.views, _seed(protocol.seed, name, "views"))):
         scene = render_scene(lm, cam, protocol.size, seed=_seed(protocol.seed, name, v))
         pimage = space.image(lm, scene)
         rng = np.random.default_rng(_seed(protocol.seed, name, v, "clicks"))
         trials = click_trials(lm, scene, v, protocol.clicks, rng, protocol.min_part_pixels)
         for t in trials + (decal_trial(lm, scene, v) if decals else []):
-            for record in answer(space, lm, prepared, pimage, t, _seed(protocol.seed, t)):
-                record.distill_cosine = cosine
-                yield record
+            yield pimage, t
+
+
+def mesh_trials(space: Space, lm: LabelledMesh, protocol: E2EProtocol, decals: bool = True) -> Iterator[Record]:
+    """Every method's answer to the trials of `image_trials`, each record with the mesh's distillation cosine."""
+    prepared = space.prepare(lm)
+    cosine = distill_cosine(space, lm, prepared)
+    for pimage, t in image_trials(space, lm, protocol, decals):
+        for record in answer(space, lm, prepared, pimage, t, _seed(protocol.seed, t)):
+            record.distill_cosine = cosine
+            yield record
 
 
 def cross_trials(space: Space, image_name: str, shape_name: str, protocol: E2EProtocol) -> Iterator[Record]:
