@@ -2,8 +2,9 @@
 
 Steps (the paper's): SAM gives the query's object and part masks; the k vertices most similar to the query
 feature (the clicked pixel's, as in the paper, plus the mean over SAM's part mask) are candidates; a
-candidate is valid when its most similar pixel inside the object mask lies in the part mask; SAM re-segments every valid candidate's pixel and the one whose part mask best overlaps the
-query's (IoU) wins and seeds iSeg. No valid candidate means "no corresponding part" (e.g. a decal).
+candidate is valid when its most similar pixel inside the object mask lies in the part mask; SAM
+re-segments every valid candidate's pixel and the one whose part mask best overlaps the query's (IoU) wins
+and seeds iSeg. No valid candidate means "no corresponding part" (e.g. a decal).
 """
 
 from __future__ import annotations
